@@ -1,1 +1,57 @@
-"""deliberate."""
+"""The ``deliberate`` command: one module per verb group, one line per expected error."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+
+from deliberate.cli import inspect as _inspect
+from deliberate.cli import models as _models
+from deliberate.cli import run as _run
+from deliberate.cli.common import console_err
+from deliberate.errors import DeliberateError, UsageError
+
+app = typer.Typer(
+    name="deliberate",
+    help="Generate, critique, refine and search with any chat model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(_run.run_cmd)
+app.command("runs")(_inspect.runs_cmd)
+app.command("show")(_inspect.show_cmd)
+app.command("models")(_models.models_cmd)
+app.add_typer(_models.sim_app, name="sim")
+app.add_typer(_models.replay_app, name="replay")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: expected errors print one line; ``--debug`` shows the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=args, prog_name="deliberate", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console_err.print("interrupted")
+        sys.exit(130)
+    except DeliberateError as exc:
+        if debug:
+            raise
+        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+
+
+__all__ = ["app", "main"]

@@ -55,6 +55,9 @@ class ChatRequest:
     sample_offset: int = 0
     response_format: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Who asks and for which node (e.g. {"role": "judge", "node": id}); for records
+    # only: never sent to a backend and not part of any key.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def sample_indices(self) -> range:

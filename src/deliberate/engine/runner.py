@@ -1,0 +1,382 @@
+"""Runs a strategy over a suite: one tree per task, every call journalled, resumable.
+
+The model stack for each distinct model string is built once per run::
+
+    Budget(task ledger → run ledger)      per task
+      Journal(run, task)                  per task: replay on resume, record before use
+        Cache(SQLite, per sample)         shared
+          Retry(backoff, Retry-After)     shared
+            ConcurrencyLimit              shared
+              backend (openai, sim, replay, litellm, …)
+
+Tasks run concurrently up to ``config.concurrency``. Errors a user must fix (the
+endpoint is unreachable, the key is refused) stop the whole run with one message;
+any other model error fails only its task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deliberate.config import RunConfig
+from deliberate.engine.context import TaskContext, TaskTree
+from deliberate.engine.journal import JournalModel
+from deliberate.errors import (
+    BudgetExceeded,
+    ConfigError,
+    ModelAuthError,
+    ModelConnectionError,
+    ModelError,
+    UsageError,
+)
+from deliberate.models.base import ChatModel
+from deliberate.models.budget import BudgetedModel, Ledger, PriceTable
+from deliberate.models.cache import CachedModel, ResponseCache
+from deliberate.models.middleware import ConcurrencyLimitModel, RetryModel
+from deliberate.models.registry import build_model, default_model_string
+from deliberate.roles.prompts import Prompts
+from deliberate.roles.roles import Generator, Judge
+from deliberate.store import Store
+from deliberate.strategies.base import Strategy, StrategyResult, build_strategy
+from deliberate.tasks.registry import load_suite
+from deliberate.tasks.task import Suite, Task
+from deliberate.tree import AttemptRecord, RunRecord, make_id
+from deliberate.verifiers.base import grading_verifier
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("done", "budget_limited")
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("DELIBERATE_HOME", Path.home() / ".local/share/deliberate"))
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+@dataclass(slots=True)
+class Progress:
+    total: int
+    done: int = 0
+    graded: int = 0
+    correct: int = 0
+    failed: int = 0
+    budget_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.graded if self.graded else None
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    store_url: str
+    config: RunConfig
+    attempts: list[AttemptRecord]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress, AttemptRecord | None], None]
+
+
+class _FatalModelError(Exception):
+    def __init__(self, err: ModelError) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+def summarise(attempts: list[AttemptRecord], wall_s: float | None = None) -> dict[str, Any]:
+    graded = [a for a in attempts if a.correct is not None]
+    correct = sum(1 for a in graded if a.correct)
+    out: dict[str, Any] = {
+        "tasks": len(attempts),
+        "done": sum(1 for a in attempts if a.status == "done"),
+        "budget_limited": sum(1 for a in attempts if a.status == "budget_limited"),
+        "failed": sum(1 for a in attempts if a.status == "failed"),
+        "graded": len(graded),
+        "correct": correct,
+        "accuracy": correct / len(graded) if graded else None,
+        "prompt_tokens": sum(a.prompt_tokens for a in attempts),
+        "completion_tokens": sum(a.completion_tokens for a in attempts),
+        "calls": sum(a.calls for a in attempts),
+        "cost": sum(a.cost for a in attempts),
+    }
+    if wall_s is not None:
+        out["wall_s"] = wall_s
+    return out
+
+
+class Engine:
+    """Runs one :class:`RunConfig`; ``models`` overrides backends by model string (tests)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        store: Store | None = None,
+        models: dict[str, ChatModel] | None = None,
+        suite: Suite | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._own_store = store is None
+        self._model_overrides = models or {}
+        self._suite = suite
+        self._progress = progress
+        self._stacks: dict[str, ChatModel] = {}
+        self._cache: ResponseCache | None = None
+        self.replayed_calls = 0  # calls answered from the journal on resume
+        self.recorded_calls = 0  # calls made and recorded by this process
+
+    # -- set-up -------------------------------------------------------------------
+
+    def _model_string(self, role_model: str | None) -> str:
+        return role_model or self.config.model or default_model_string()
+
+    def _stack(self, spec: str, suite: Suite) -> ChatModel:
+        if spec in self._stacks:
+            return self._stacks[spec]
+        model = self._model_overrides.get(spec) or build_model(spec, suite)
+        model = ConcurrencyLimitModel(model, self.config.max_inflight_calls)
+        model = RetryModel(model, self.config.retry.policy(), seed=self.config.seed)
+        if self.config.cache:
+            if self._cache is None:
+                path = self.config.cache_path or str(data_home() / "cache.db")
+                self._cache = ResponseCache(path)
+            model = CachedModel(model, self._cache)
+        self._stacks[spec] = model
+        return model
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self, run_id: str | None = None) -> RunResult:
+        store = self._store or Store.open(self.config.store)
+        self._store = store
+        await store.start()
+        try:
+            return await self._run(store, run_id)
+        finally:
+            for m in self._stacks.values():
+                await m.aclose()
+            if self._cache is not None:
+                self._cache.close()
+            if self._own_store:
+                await store.aclose()
+            else:
+                await store.flush()
+
+    async def _run(self, store: Store, run_id: str | None) -> RunResult:
+        cfg = self.config
+        suite = self._suite or load_suite(cfg.suite, limit=cfg.limit)
+        if cfg.limit is not None:
+            suite = suite.head(cfg.limit)
+        strategy = build_strategy(cfg.strategy, cfg.strategy_params)
+        prices = cfg.price_table()
+        resumed: dict[str, AttemptRecord] = {}
+        if run_id is None:
+            run_id = new_run_id()
+            await store.create_run(RunRecord(id=run_id, config=cfg.model_dump(mode="json")))
+        else:
+            existing = await store.get_run(run_id)
+            if existing is None:
+                await store.create_run(RunRecord(id=run_id, config=cfg.model_dump(mode="json")))
+            else:
+                resumed = {a.task_id: a for a in await store.get_attempts(run_id)}
+                await store.update_run(run_id, status="running")
+
+        gen_spec = self._model_string(cfg.generator.model)
+        judge_spec = self._model_string(cfg.judge.model)
+        gen_stack = self._stack(gen_spec, suite)
+        judge_stack = self._stack(judge_spec, suite) if strategy.uses_judge else gen_stack
+        run_ledger = Ledger(limits=cfg.run_budget.limits())
+
+        progress = Progress(total=len(suite))
+        attempts: dict[str, AttemptRecord] = {}
+        for a in resumed.values():
+            if a.status in FINISHED:
+                attempts[a.task_id] = a
+                self._count(progress, a)
+                # A resumed run's ledger starts from what finished tasks consumed.
+                run_ledger.prompt_tokens += a.prompt_tokens
+                run_ledger.completion_tokens += a.completion_tokens
+                run_ledger.calls += a.calls
+                run_ledger.cost += a.cost
+        if self._progress:
+            self._progress(progress, None)
+
+        sem = asyncio.Semaphore(cfg.concurrency)
+        started = time.monotonic()
+
+        async def one(task: Task) -> None:
+            async with sem:
+                attempt = await self._run_task(
+                    store, run_id, task, strategy, gen_stack, judge_stack, run_ledger, prices,
+                    resume=task.id in resumed,
+                )
+            attempts[task.id] = attempt
+            self._count(progress, attempt)
+            if self._progress:
+                self._progress(progress, attempt)
+
+        todo = [t for t in suite if t.id not in attempts]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for t in todo:
+                    tg.create_task(one(t))
+        except* _FatalModelError as group:
+            await store.update_run(run_id, status="failed")
+            await store.flush()
+            first = group.exceptions[0]
+            assert isinstance(first, _FatalModelError)
+            raise first.err from None
+        except* (asyncio.CancelledError, KeyboardInterrupt):
+            await store.update_run(run_id, status="interrupted")
+            await store.flush()
+            raise
+        ordered = [attempts[t.id] for t in suite if t.id in attempts]
+        summary = summarise(ordered, time.monotonic() - started)
+        summary["paid_calls"] = run_ledger.paid_calls
+        summary["cached_calls"] = run_ledger.cached_calls
+        await store.update_run(run_id, status="done", summary=summary)
+        await store.flush()
+        return RunResult(run_id, store.url, cfg, ordered, summary)
+
+    @staticmethod
+    def _count(p: Progress, a: AttemptRecord) -> None:
+        p.done += 1
+        if a.correct is not None:
+            p.graded += 1
+            p.correct += int(a.correct)
+        p.failed += a.status == "failed"
+        p.budget_limited += a.status == "budget_limited"
+        p.prompt_tokens += a.prompt_tokens
+        p.completion_tokens += a.completion_tokens
+        p.cost += a.cost
+
+    async def _run_task(
+        self,
+        store: Store,
+        run_id: str,
+        task: Task,
+        strategy: Strategy,
+        gen_stack: ChatModel,
+        judge_stack: ChatModel,
+        run_ledger: Ledger,
+        prices: PriceTable,
+        *,
+        resume: bool,
+    ) -> AttemptRecord:
+        cfg = self.config
+        ledger = Ledger(limits=cfg.task_budget.limits(), parent=run_ledger)
+        recorded = await store.load_calls(run_id, task.id) if resume else {}
+        prompts = Prompts()
+
+        journals: list[JournalModel] = []
+
+        def bound(stack: ChatModel, role: str) -> ChatModel:
+            journal = JournalModel(stack, store, run_id=run_id, task_id=task.id,
+                                   recorded=recorded, prices=prices)
+            journals.append(journal)
+            return BudgetedModel(journal, ledger, prices,
+                                 default_max_tokens=getattr(cfg, role).max_tokens)
+
+        seed = int(make_id(cfg.seed, task.id)[:8], 16)
+        generator = Generator(bound(gen_stack, "generator"), cfg.generator, prompts,
+                              seed=int(make_id(seed, "generator")[:8], 16))
+        judge = Judge(bound(judge_stack, "judge"), cfg.judge, prompts,
+                      seed=int(make_id(seed, "judge")[:8], 16))
+        tree = TaskTree(store, run_id, task)
+        grader = grading_verifier(cfg.verifier, task)
+        ctx = TaskContext(task=task, tree=tree, generator=generator, judge=judge, ledger=ledger,
+                          seed=seed, scoring_verifier=grader)
+        attempt = AttemptRecord(run_id=run_id, task_id=task.id, status="running",
+                                root_id=tree.root.id)
+        store.put_attempt(attempt)
+        try:
+            result = await strategy.run(ctx)
+        except BudgetExceeded:
+            result = StrategyResult(None, "budget exhausted")
+        except (ModelAuthError, ModelConnectionError) as exc:
+            raise _FatalModelError(exc) from exc
+        except ModelError as exc:
+            attempt.status = "failed"
+            attempt.error = f"{type(exc).__name__}: {exc}"
+            result = None
+        finally:
+            self.replayed_calls += sum(j.replayed for j in journals)
+            self.recorded_calls += sum(j.recorded_now for j in journals)
+        if result is not None:
+            attempt.final_node_id = result.node.id if result.node else None
+            attempt.answer = result.answer
+            if grader is not None and result.node is not None:
+                verdict = await grader.verify(task, result.node.text, result.answer)
+                attempt.correct = verdict.passed
+                tree.judge(result.node, source=f"verifier:{grader.name}", role="grader",
+                           score=verdict.score, scale=(0.0, 1.0),
+                           verdict=None if verdict.passed is None
+                           else ("correct" if verdict.passed else "incorrect"),
+                           critique=verdict.details)
+            elif grader is not None:
+                attempt.correct = False
+            attempt.status = "budget_limited" if ledger.limited else "done"
+            if result.note:
+                attempt.stats["note"] = result.note
+        attempt.budget_limited = ledger.limited
+        if ledger.limited_by:
+            attempt.stats["limited_by"] = ledger.limited_by
+        attempt.prompt_tokens = ledger.prompt_tokens
+        attempt.completion_tokens = ledger.completion_tokens
+        attempt.calls = ledger.calls
+        attempt.cost = ledger.cost
+        attempt.latency_s = ledger.latency_s
+        attempt.stats.update(tree.stats())
+        attempt.stats["paid_calls"] = ledger.paid_calls
+        attempt.stats["cached_calls"] = ledger.cached_calls
+        attempt.updated_at = time.time()
+        store.put_attempt(attempt)
+        return attempt
+
+
+async def arun(
+    config: RunConfig,
+    *,
+    run_id: str | None = None,
+    store: Store | None = None,
+    models: dict[str, ChatModel] | None = None,
+    suite: Suite | None = None,
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """Run (or, given the id of an existing run, resume) a configured run."""
+    return await Engine(config, store=store, models=models, suite=suite,
+                        progress=progress).run(run_id)
+
+
+async def resume_config(store: Store, run_id: str) -> RunConfig:
+    """The stored configuration of a run, for resuming it."""
+    rec = await store.get_run(run_id)
+    if rec is None:
+        raise UsageError(f"no run {run_id!r} in {store.url}; see 'deliberate runs'")
+    try:
+        return RunConfig.from_mapping(rec.config, source=f"stored config of run {run_id}")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def run(config: RunConfig, **kwargs: Any) -> RunResult:
+    """Synchronous convenience around :func:`arun` for scripts and notebooks."""
+    return asyncio.run(arun(config, **kwargs))

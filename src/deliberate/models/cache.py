@@ -1,0 +1,178 @@
+"""Response cache: one SQLite entry per sample, keyed by the whole request.
+
+The key is the model id, the messages, every sampling parameter and the sample
+index (see :meth:`ChatRequest.sample_key`), so two samples of the same prompt at
+temperature 0.8 are two entries and a rerun with the same seed asks the provider
+for nothing. A request whose samples are partly cached asks only for the missing
+ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from deliberate.models.base import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    Completion,
+    ModelWrapper,
+    Usage,
+    split_usage,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache (
+  key TEXT PRIMARY KEY,
+  model TEXT NOT NULL,
+  value TEXT NOT NULL,
+  created_at REAL NOT NULL
+)
+"""
+
+
+class ResponseCache:
+    """A small thread-safe SQLite key-value store for completions."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(_SCHEMA)
+
+    def get_many(self, keys: list[str]) -> dict[str, dict[str, object]]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT key, value FROM cache WHERE key IN ({marks})", keys
+            ).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def put_many(self, model: str, items: list[tuple[str, dict[str, object]]]) -> None:
+        if not items:
+            return
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO cache(key, model, value, created_at) VALUES (?,?,?,?)",
+                [(k, model, json.dumps(v), now) for k, v in items],
+            )
+            self._conn.execute("COMMIT")
+
+    def __len__(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM cache").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class CachedModel(ModelWrapper):
+    """Serves samples from a :class:`ResponseCache`; asks the inner model for the rest."""
+
+    def __init__(self, inner: ChatModel, cache: ResponseCache) -> None:
+        super().__init__(inner)
+        self.cache = cache
+        self.hits = 0
+        self.misses = 0
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        model_id = self.model_id
+        prefix = request.prefix_key(model_id)
+        keys = {i: request.sample_key(model_id, i, prefix) for i in request.sample_indices}
+        found = await asyncio.to_thread(self.cache.get_many, list(keys.values()))
+        missing = [i for i, k in keys.items() if k not in found]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+
+        completions: dict[int, Completion] = {}
+        usage = Usage()
+        for i, k in keys.items():
+            if k in found:
+                v = found[k]
+                completions[i] = Completion(
+                    text=str(v["text"]),
+                    sample_index=i,
+                    finish_reason=_opt_str(v.get("finish_reason")),
+                    completion_tokens=_opt_int(v.get("completion_tokens")),
+                )
+                usage = usage + Usage(_int(v.get("prompt_tokens")), _int(v.get("completion_tokens")))
+        if not missing:
+            return ChatResponse(
+                completions=[completions[i] for i in request.sample_indices],
+                usage=usage,
+                model=model_id,
+                cached=True,
+            )
+
+        fresh: list[Completion] = []
+        latency = 0.0
+        cost = 0.0
+        served_by = model_id
+        for offset, n in _runs(missing):
+            resp = await self.inner.complete(request.with_samples(n, offset))
+            latency += resp.latency_s
+            cost += resp.cost
+            served_by = resp.model
+            usage = usage + resp.usage
+            parts = split_usage(resp.usage, resp.completions)
+            items = []
+            for c, u in zip(resp.completions, parts, strict=True):
+                fresh.append(c)
+                items.append(
+                    (
+                        keys[c.sample_index],
+                        {
+                            "text": c.text,
+                            "finish_reason": c.finish_reason,
+                            "prompt_tokens": u.prompt_tokens,
+                            "completion_tokens": u.completion_tokens,
+                        },
+                    )
+                )
+            await asyncio.to_thread(self.cache.put_many, model_id, items)
+        for c in fresh:
+            completions[c.sample_index] = c
+        return ChatResponse(
+            completions=[completions[i] for i in request.sample_indices if i in completions],
+            usage=usage,
+            model=served_by,
+            latency_s=latency,
+            cost=cost,
+        )
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of sample indices as (offset, count)."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][0] + out[-1][1] == i:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
+
+
+def _int(v: object) -> int:
+    return int(v) if isinstance(v, int | float) else 0
+
+
+def _opt_int(v: object) -> int | None:
+    return int(v) if isinstance(v, int | float) else None
+
+
+def _opt_str(v: object) -> str | None:
+    return v if isinstance(v, str) else None

@@ -1,0 +1,40 @@
+"""Prompt templates: Jinja2 files shipped with the package, overridable per run.
+
+A run may name a directory whose files replace the built-in ones of the same name
+(``generator_system.j2``, ``judge_user.j2``, …); everything else falls back to the
+package's templates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from deliberate.errors import ConfigError
+
+
+class Prompts:
+    def __init__(self, override_dir: str | Path | None = None) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if override_dir is not None:
+            p = Path(override_dir)
+            if not p.is_dir():
+                raise ConfigError(f"prompt template directory {p} does not exist")
+            loaders.append(jinja2.FileSystemLoader(str(p)))
+        loaders.append(jinja2.PackageLoader("deliberate.roles", "templates"))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+            autoescape=False,
+        )
+
+    def render(self, name: str, **context: Any) -> str:
+        try:
+            return self.env.get_template(name).render(**context).strip()
+        except jinja2.TemplateNotFound as exc:
+            raise ConfigError(f"prompt template {name!r} not found") from exc
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"prompt template {name!r}: {exc}") from exc

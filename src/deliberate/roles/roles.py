@@ -1,0 +1,188 @@
+"""The model-driven roles: generator, judge (a critic that also scores), refiner.
+
+Each role owns its prompt templates, its sampling settings and the parsing of its
+output. Roles do no I/O of their own beyond asking their model: the model they are
+given is already wrapped with the run's budget, journal and cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ValidationError, field_validator
+
+from deliberate.config import RoleConfig
+from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, Message
+from deliberate.roles.parsing import ParseError, coerce_score, extract_json_object
+from deliberate.roles.prompts import Prompts
+from deliberate.tasks.task import Task
+
+
+@dataclass(frozen=True, slots=True)
+class RoleBase:
+    model: ChatModel
+    config: RoleConfig
+    prompts: Prompts
+    seed: int | None = None
+
+    def request(
+        self, messages: tuple[Message, ...], *, n: int = 1, offset: int = 0,
+        tags: dict[str, str] | None = None,
+    ) -> ChatRequest:
+        return ChatRequest(
+            messages=messages,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            max_tokens=self.config.max_tokens,
+            seed=self.seed,
+            n=n,
+            sample_offset=offset,
+            tags=tags or {},
+        )
+
+
+class Generator(RoleBase):
+    """Proposes whole candidate solutions."""
+
+    def messages(self, task: Task) -> tuple[Message, ...]:
+        return (
+            Message("system", self.prompts.render("generator_system.j2", task=task)),
+            Message("user", self.prompts.render("generator_user.j2", task=task)),
+        )
+
+    async def generate(self, task: Task, n: int, *, offset: int = 0,
+                       node_id: str | None = None) -> ChatResponse:
+        tags = {"role": "generator"}
+        if node_id:
+            tags["node"] = node_id
+        return await self.model.complete(self.request(self.messages(task), n=n, offset=offset,
+                                                      tags=tags))
+
+
+class Verdict(BaseModel):
+    """What a judge or critic must return."""
+
+    critique: str = ""
+    verdict: Literal["correct", "incorrect"]
+    score: float
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _verdict(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score(cls, v: object) -> float:
+        try:
+            return coerce_score(v)
+        except ParseError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+@dataclass(slots=True)
+class JudgeResult:
+    """A parsed verdict, or a recorded parse failure (``verdict`` None, ``error`` set)."""
+
+    verdict: Verdict | None
+    raw: str
+    error: str | None = None
+    call_ids: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+
+def parse_verdict(text: str, scale: tuple[float, float]) -> Verdict:
+    data = extract_json_object(text)
+    try:
+        v = Verdict.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ParseError(f"field {loc!r}: {err['msg']}") from exc
+    lo, hi = scale
+    if not lo <= v.score <= hi:
+        raise ParseError(f"score {v.score:g} is outside the scale {lo:g}..{hi:g}")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Judge(RoleBase):
+    """Judges one candidate in words and a score on a declared scale.
+
+    The critic role uses the same contract with its own templates. On unparseable
+    output the judge asks once more, showing the parse error; a second failure is
+    returned as a recorded parse failure, never as a default score.
+    """
+
+    scale: tuple[float, float] = (1.0, 10.0)
+    template: ClassVar[str] = "judge"
+
+    def messages(self, task: Task, candidate: str) -> tuple[Message, ...]:
+        ctx = {"task": task, "candidate": candidate,
+               "scale_min": _fmt(self.scale[0]), "scale_max": _fmt(self.scale[1])}
+        return (
+            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
+            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
+        )
+
+    async def judge(self, task: Task, candidate: str, *, node_id: str | None = None,
+                    sample: int = 0) -> JudgeResult:
+        tags = {"role": self.template}
+        if node_id:
+            tags["node"] = node_id
+        messages = self.messages(task, candidate)
+        resp = await self.model.complete(self.request(messages, offset=sample, tags=tags))
+        text = resp.texts[0] if resp.completions else ""
+        call_ids = list(resp.call_ids)
+        try:
+            return JudgeResult(parse_verdict(text, self.scale), text, call_ids=call_ids)
+        except ParseError as first:
+            repair = (
+                *messages,
+                Message("assistant", text),
+                Message(
+                    "user",
+                    f"Your reply could not be read: {first}. Reply again with only the JSON "
+                    f"object, with a score from {_fmt(self.scale[0])} to {_fmt(self.scale[1])}.",
+                ),
+            )
+            resp2 = await self.model.complete(
+                self.request(repair, offset=sample, tags={**tags, "repair": "1"})
+            )
+            call_ids += resp2.call_ids
+            text2 = resp2.texts[0] if resp2.completions else ""
+            try:
+                return JudgeResult(parse_verdict(text2, self.scale), text2, call_ids=call_ids,
+                                   repaired=True)
+            except ParseError as second:
+                return JudgeResult(None, text2, error=str(second), call_ids=call_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Critic(Judge):
+    template: ClassVar[str] = "critic"
+
+
+class Refiner(RoleBase):
+    """Repairs a candidate given a critique."""
+
+    def messages(self, task: Task, candidate: str, critique: str) -> tuple[Message, ...]:
+        ctx = {"task": task, "candidate": candidate, "critique": critique}
+        return (
+            Message("system", self.prompts.render("refiner_system.j2", **ctx)),
+            Message("user", self.prompts.render("refiner_user.j2", **ctx)),
+        )
+
+    async def refine(self, task: Task, candidate: str, critique: str, *,
+                     node_id: str | None = None, sample: int = 0) -> ChatResponse:
+        tags = {"role": "refiner"}
+        if node_id:
+            tags["node"] = node_id
+        return await self.model.complete(
+            self.request(self.messages(task, candidate, critique), offset=sample, tags=tags)
+        )
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
