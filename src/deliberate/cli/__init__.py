@@ -7,6 +7,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from deliberate.cli import inspect as _inspect
 from deliberate.cli import models as _models
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     except DeliberateError as exc:
         if debug:
             raise
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
 
 

@@ -49,11 +49,12 @@ def run_cmd(
     concurrency: Annotated[int | None, typer.Option(help="tasks in flight at once")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not use the response cache")] = False,
     resume: Annotated[str | None, typer.Option(help="resume the run with this id (its stored config is used)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="id for a new run (default: generated)")] = None,
 ) -> None:
     """Run a strategy over a suite and print the results."""
     asyncio.run(_run(config_file, suite, strategy, n, param, model, judge_model, limit, seed,
                      store, task_tokens, run_tokens, task_calls, run_cost, task_seconds,
-                     concurrency, no_cache, resume))
+                     concurrency, no_cache, resume, run_id))
 
 
 async def _run(config_file: Path | None, suite: str | None, strategy: str | None, n: int | None,
@@ -61,7 +62,7 @@ async def _run(config_file: Path | None, suite: str | None, strategy: str | None
                limit: int | None, seed: int | None, store_url: str | None,
                task_tokens: int | None, run_tokens: int | None, task_calls: int | None,
                run_cost: float | None, task_seconds: float | None, concurrency: int | None,
-               no_cache: bool, resume: str | None) -> None:
+               no_cache: bool, resume: str | None, new_id: str | None) -> None:
     params = parse_params(param)
     if n is not None:
         params["n"] = n
@@ -85,9 +86,16 @@ async def _run(config_file: Path | None, suite: str | None, strategy: str | None
                         {"--param"} if params else set()) | ({"--config"} if config_file else set())))
                 )
             cfg = await resume_config(st, resume)
+            target = resume
         else:
             cfg = build_config(config_file, overrides, params)
-        result = await _execute(cfg, st, resume)
+            if new_id is not None:
+                if not new_id.replace("-", "").replace("_", "").isalnum():
+                    raise UsageError("--run-id may hold only letters, digits, '-' and '_'")
+                if await st.get_run(new_id) is not None:
+                    raise UsageError(f"run {new_id} already exists; resume it with --resume {new_id}")
+            target = new_id
+        result = await _execute(cfg, st, target)
     finally:
         await st.aclose()
     _print_result(result)

@@ -9,6 +9,7 @@ seed, so a killed run started again re-asks exactly the calls it made before.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any, Protocol
 
@@ -82,12 +83,16 @@ def response_from_dict(d: dict[str, Any]) -> ChatResponse:
     )
 
 
-class JournalModel(ModelWrapper):
-    """Replays recorded calls, records new ones durably before returning them."""
+class TaskJournal:
+    """The journal of one task attempt, shared by the models of all its roles.
+
+    Identical requests are one call: if the same request is already recorded or in
+    flight, its answer is shared rather than paid for again (two judges asked about
+    two identical candidates at temperature 0 ask the same thing).
+    """
 
     def __init__(
         self,
-        inner: ChatModel,
         sink: CallSink,
         *,
         run_id: str,
@@ -95,36 +100,82 @@ class JournalModel(ModelWrapper):
         recorded: dict[str, ModelCallRecord] | None = None,
         prices: PriceTable | None = None,
     ) -> None:
-        super().__init__(inner)
-        self.price = (prices or PriceTable()).for_model(inner.model_id)
         self.sink = sink
         self.run_id = run_id
         self.task_id = task_id
         self.recorded = recorded or {}
-        self.replayed = 0
+        self.prices = prices or PriceTable()
+        self.inflight: dict[str, asyncio.Future[ModelCallRecord]] = {}
+        self.replayed = 0  # answered from a record made before this process started
+        self.shared = 0  # answered by an identical call of this process
         self.recorded_now = 0
         self._errors = 0
+        self._preexisting = set(self.recorded)
+
+    def wrap(self, inner: ChatModel) -> JournalModel:
+        return JournalModel(inner, self)
+
+
+class JournalModel(ModelWrapper):
+    """Replays recorded calls, records new ones durably before returning them."""
+
+    def __init__(self, inner: ChatModel, journal: TaskJournal) -> None:
+        super().__init__(inner)
+        self.journal = journal
+        self.price = journal.prices.for_model(inner.model_id)
+
+    @staticmethod
+    def _from_record(rec: ModelCallRecord) -> ChatResponse:
+        assert rec.response is not None
+        resp = response_from_dict(rec.response)
+        resp.replayed = True
+        resp.call_ids = [rec.id]
+        return resp
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        j = self.journal
         model_id = self.model_id
         key = call_key(request, model_id)
-        rec = self.recorded.get(key)
+        rec = j.recorded.get(key)
         if rec is not None and rec.response is not None and rec.error is None:
-            self.replayed += 1
-            resp = response_from_dict(rec.response)
-            resp.replayed = True
-            resp.call_ids = [rec.id]
-            return resp
+            if key in j._preexisting:
+                j.replayed += 1
+            else:
+                j.shared += 1
+            return self._from_record(rec)
+        pending = j.inflight.get(key)
+        if pending is not None:
+            j.shared += 1
+            return self._from_record(await asyncio.shield(pending))
+        future: asyncio.Future[ModelCallRecord] = asyncio.get_running_loop().create_future()
+        j.inflight[key] = future
+        try:
+            record = await self._call(request, key, model_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(record)
+        finally:
+            del j.inflight[key]
+        resp = self._from_record(record)
+        resp.replayed = False
+        resp.cached = record.cached
+        return resp
+
+    async def _call(self, request: ChatRequest, key: str, model_id: str) -> ModelCallRecord:
+        j = self.journal
         try:
             resp = await self.inner.complete(request)
         except ModelError as exc:
-            self._errors += 1
-            err_key = f"{key}:error:{self._errors}"
-            await self.sink.record_call(
+            j._errors += 1
+            err_key = f"{key}:error:{j._errors}"
+            await j.sink.record_call(
                 ModelCallRecord(
-                    id=make_id(self.run_id, self.task_id, err_key),
-                    run_id=self.run_id,
-                    task_id=self.task_id,
+                    id=make_id(j.run_id, j.task_id, err_key),
+                    run_id=j.run_id,
+                    task_id=j.task_id,
                     node_id=request.tags.get("node"),
                     key=err_key,
                     model=model_id,
@@ -136,9 +187,9 @@ class JournalModel(ModelWrapper):
             )
             raise
         record = ModelCallRecord(
-            id=make_id(self.run_id, self.task_id, key),
-            run_id=self.run_id,
-            task_id=self.task_id,
+            id=make_id(j.run_id, j.task_id, key),
+            run_id=j.run_id,
+            task_id=j.task_id,
             node_id=request.tags.get("node"),
             key=key,
             model=model_id,
@@ -151,8 +202,7 @@ class JournalModel(ModelWrapper):
             latency_s=resp.latency_s,
             cached=resp.cached,
         )
-        await self.sink.record_call(record)
-        self.recorded[key] = record
-        self.recorded_now += 1
-        resp.call_ids = [record.id]
-        return resp
+        await j.sink.record_call(record)
+        j.recorded[key] = record
+        j.recorded_now += 1
+        return record

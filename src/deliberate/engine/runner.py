@@ -28,7 +28,7 @@ from typing import Any
 
 from deliberate.config import RunConfig
 from deliberate.engine.context import TaskContext, TaskTree
-from deliberate.engine.journal import JournalModel
+from deliberate.engine.journal import TaskJournal
 from deliberate.errors import (
     BudgetExceeded,
     ConfigError,
@@ -286,13 +286,11 @@ class Engine:
         recorded = await store.load_calls(run_id, task.id) if resume else {}
         prompts = Prompts()
 
-        journals: list[JournalModel] = []
+        journal = TaskJournal(store, run_id=run_id, task_id=task.id, recorded=recorded,
+                              prices=prices)
 
         def bound(stack: ChatModel, role: str) -> ChatModel:
-            journal = JournalModel(stack, store, run_id=run_id, task_id=task.id,
-                                   recorded=recorded, prices=prices)
-            journals.append(journal)
-            return BudgetedModel(journal, ledger, prices,
+            return BudgetedModel(journal.wrap(stack), ledger, prices,
                                  default_max_tokens=getattr(cfg, role).max_tokens)
 
         seed = int(make_id(cfg.seed, task.id)[:8], 16)
@@ -318,8 +316,8 @@ class Engine:
             attempt.error = f"{type(exc).__name__}: {exc}"
             result = None
         finally:
-            self.replayed_calls += sum(j.replayed for j in journals)
-            self.recorded_calls += sum(j.recorded_now for j in journals)
+            self.replayed_calls += journal.replayed
+            self.recorded_calls += journal.recorded_now
         if result is not None:
             attempt.final_node_id = result.node.id if result.node else None
             attempt.answer = result.answer

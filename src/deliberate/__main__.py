@@ -1,0 +1,5 @@
+"""``python -m deliberate`` is the ``deliberate`` command."""
+
+from deliberate.cli import main
+
+main()
