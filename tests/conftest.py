@@ -29,12 +29,12 @@ def shared_data(relative: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in _ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     home = tmp_path / "deliberate-home"
     monkeypatch.setenv("DELIBERATE_HOME", str(home))
-    yield home
+    return home
 
 
 _real_connect = socket.socket.connect

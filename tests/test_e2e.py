@@ -73,7 +73,7 @@ async def test_unreachable_endpoint_fails_fast_with_one_message(tmp_path: Path) 
 
     cfg = config(tmp_path, "openai:x@http://127.0.0.1:9/v1", retry={"max_attempts": 2,
                  "base_delay_s": 0.01, "max_delay_s": 0.01}, cache=False)
-    with pytest.raises(ModelConnectionError, match="127.0.0.1:9"):
+    with pytest.raises(ModelConnectionError, match=r"127\.0\.0\.1:9"):
         await arun(cfg)
     st = Store.open(str(tmp_path / "runs.db"))
     async with st:

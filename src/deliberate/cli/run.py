@@ -12,11 +12,17 @@ from rich.table import Table
 
 from deliberate.cli.common import console, fmt_pct, parse_params
 from deliberate.config import RunConfig, load_yaml
-from deliberate.engine.runner import Engine, Progress as RunProgress, RunResult, resume_config
+from deliberate.engine.runner import Engine, RunResult, resume_config
+from deliberate.engine.runner import Progress as RunProgress
 from deliberate.errors import UsageError
 from deliberate.models.registry import default_model_string
 from deliberate.store import Store
+from deliberate.strategies.base import build_strategy
 from deliberate.tree import AttemptRecord
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def build_config(
@@ -77,6 +83,7 @@ async def _run(config_file: Path | None, suite: str | None, strategy: str | None
         overrides["cache"] = False
     st = Store.open(store_url)
     try:
+        target: str | None
         if resume:
             changed = [k for k, v in overrides.items() if v is not None and k != "store"]
             if changed or params or config_file:
@@ -131,22 +138,28 @@ async def _execute(cfg: RunConfig, store: Store, run_id: str | None) -> RunResul
 
 def _print_result(result: RunResult) -> None:
     s = result.summary
-    t = Table(title=f"run {result.run_id}", show_header=True, header_style="bold")
-    for col in ("strategy", "suite", "tasks", "accuracy", "budget-limited", "failed",
-                "tokens", "calls (paid/cached)", "cost $", "wall s"):
-        t.add_column(col, justify="right" if col not in ("strategy", "suite") else "left")
-    t.add_row(
-        result.config.strategy,
-        result.config.suite,
-        str(s["tasks"]),
-        f"{fmt_pct(s['accuracy'])} ({s['correct']}/{s['graded']})" if s["graded"] else "n/a",
-        str(s["budget_limited"]),
-        str(s["failed"]),
-        f"{s['prompt_tokens'] + s['completion_tokens']:,}",
-        f"{s['calls']} ({s['paid_calls']}/{s['cached_calls']})",
-        f"{s['cost']:.4f}",
-        f"{s.get('wall_s', 0):.1f}",
-    )
+    t = Table(title=f"run {result.run_id}", show_header=False, title_justify="left")
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    strategy = build_strategy(result.config.strategy, result.config.strategy_params)
+    t.add_row("strategy", f"{result.config.strategy} {_params(strategy.config.model_dump())}")
+    t.add_row("suite", result.config.suite)
+    t.add_row("model", str(s.get("model", "")))
+    t.add_row("tasks", f"{s['tasks']} ({s['done']} done, {s['budget_limited']} budget-limited, "
+                       f"{s['failed']} failed)")
+    if s["graded"]:
+        t.add_row("accuracy", f"{fmt_pct(s['accuracy'])} ({s['correct']}/{s['graded']})")
+        if s.get("sample_accuracy") is not None:
+            t.add_row("single-sample accuracy", fmt_pct(s["sample_accuracy"]))
+            t.add_row("oracle (any candidate right)", fmt_pct(s["oracle_accuracy"]))
+    else:
+        t.add_row("accuracy", "n/a (no grading verifier for this suite)")
+    t.add_row("tokens (prompt + completion)",
+              f"{s['prompt_tokens']:,} + {s['completion_tokens']:,}")
+    t.add_row("model calls (paid / cached)", f"{s['calls']} ({s['paid_calls']} / "
+                                             f"{s['cached_calls']})")
+    t.add_row("cost", f"${s['cost']:.4f}")
+    t.add_row("wall time", f"{s.get('wall_s', 0):.1f} s")
     console.print(t)
     console.print(f"stored in {result.store_url} as run [bold]{result.run_id}[/]"
                   f" — see: deliberate show {result.run_id}")

@@ -48,8 +48,8 @@ from deliberate.store import Store
 from deliberate.strategies.base import Strategy, StrategyResult, build_strategy
 from deliberate.tasks.registry import load_suite
 from deliberate.tasks.task import Suite, Task
-from deliberate.tree import AttemptRecord, RunRecord, make_id
-from deliberate.verifiers.base import grading_verifier
+from deliberate.tree import AttemptRecord, NodeRecord, RunRecord, make_id
+from deliberate.verifiers.base import Verifier, grading_verifier
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,10 @@ class _FatalModelError(Exception):
         self.err = err
 
 
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def summarise(attempts: list[AttemptRecord], wall_s: float | None = None) -> dict[str, Any]:
     graded = [a for a in attempts if a.correct is not None]
     correct = sum(1 for a in graded if a.correct)
@@ -110,6 +114,10 @@ def summarise(attempts: list[AttemptRecord], wall_s: float | None = None) -> dic
         "graded": len(graded),
         "correct": correct,
         "accuracy": correct / len(graded) if graded else None,
+        "sample_accuracy": _mean([a.stats["candidates_correct"] / a.stats["candidates"]
+                                  for a in attempts if a.stats.get("candidates")]),
+        "oracle_accuracy": _mean([float(a.stats["candidates_correct"] > 0)
+                                  for a in attempts if a.stats.get("candidates")]),
         "prompt_tokens": sum(a.prompt_tokens for a in attempts),
         "completion_tokens": sum(a.completion_tokens for a in attempts),
         "calls": sum(a.calls for a in attempts),
@@ -257,6 +265,29 @@ class Engine:
         return RunResult(run_id, store.url, cfg, ordered, summary)
 
     @staticmethod
+    async def _grade(tree: TaskTree, grader: Verifier, result: StrategyResult,
+                     attempt: AttemptRecord) -> None:
+        """Grade the chosen answer and, for the record, every candidate the strategy made.
+
+        Candidate grades give the sample accuracy and the oracle (any candidate
+        right) beside the strategy's own accuracy, at no model cost.
+        """
+        graded: dict[str, bool | None] = {}
+        for node in list(tree.nodes.values()):
+            if node.role in ("generator", "refiner") and node.text:
+                graded[node.id] = await _grade_node(tree, grader, node)
+        if result.node is None:
+            attempt.correct = False
+        elif result.node.id in graded:
+            attempt.correct = graded[result.node.id]
+        else:
+            attempt.correct = await _grade_node(tree, grader, result.node)
+        known = [v for v in graded.values() if v is not None]
+        if known:
+            attempt.stats["candidates"] = len(known)
+            attempt.stats["candidates_correct"] = sum(known)
+
+    @staticmethod
     def _count(p: Progress, a: AttemptRecord) -> None:
         p.done += 1
         if a.correct is not None:
@@ -321,16 +352,8 @@ class Engine:
         if result is not None:
             attempt.final_node_id = result.node.id if result.node else None
             attempt.answer = result.answer
-            if grader is not None and result.node is not None:
-                verdict = await grader.verify(task, result.node.text, result.answer)
-                attempt.correct = verdict.passed
-                tree.judge(result.node, source=f"verifier:{grader.name}", role="grader",
-                           score=verdict.score, scale=(0.0, 1.0),
-                           verdict=None if verdict.passed is None
-                           else ("correct" if verdict.passed else "incorrect"),
-                           critique=verdict.details)
-            elif grader is not None:
-                attempt.correct = False
+            if grader is not None:
+                await self._grade(tree, grader, result, attempt)
             attempt.status = "budget_limited" if ledger.limited else "done"
             if result.note:
                 attempt.stats["note"] = result.note
@@ -348,6 +371,14 @@ class Engine:
         attempt.updated_at = time.time()
         store.put_attempt(attempt)
         return attempt
+
+
+async def _grade_node(tree: TaskTree, grader: Verifier, node: NodeRecord) -> bool | None:
+    res = await grader.verify(tree.task, node.text, node.answer)
+    verdict = None if res.passed is None else ("correct" if res.passed else "incorrect")
+    tree.judge(node, source=f"verifier:{grader.name}", role="grader", score=res.score,
+               scale=(0.0, 1.0), verdict=verdict, critique=res.details)
+    return res.passed
 
 
 async def arun(

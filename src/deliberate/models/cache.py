@@ -129,7 +129,7 @@ class CachedModel(ModelWrapper):
             served_by = resp.model
             usage = usage + resp.usage
             parts = split_usage(resp.usage, resp.completions)
-            items = []
+            items: list[tuple[str, dict[str, object]]] = []
             for c, u in zip(resp.completions, parts, strict=True):
                 fresh.append(c)
                 items.append(

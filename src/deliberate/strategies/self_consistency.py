@@ -45,7 +45,8 @@ class SelfConsistency(Strategy):
             ctx.tree.update(c)
         if winner is None:
             return StrategyResult(cands[0], "no candidate had a parseable answer")
-        return StrategyResult(winner, f"{tally[vote_key(ctx.task, winner.answer)]:g} of {total:g} votes")
+        won = tally.get(vote_key(ctx.task, winner.answer) or "", 0.0)
+        return StrategyResult(winner, f"{won:g} of {total:g} votes")
 
 
 def majority(

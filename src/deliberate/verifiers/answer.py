@@ -70,15 +70,16 @@ def extract_answer(text: str) -> str | None:
         return None
     boxed = _boxed(text)
     if boxed is not None:
-        return normalise_number(boxed) or boxed.strip() or None
+        inner: str = boxed.strip()
+        return normalise_number(inner) or inner or None
     for pattern in (_HASH_RE, _ANSWER_RE, _A_RE):
-        matches = pattern.findall(text)
+        matches: list[str] = pattern.findall(text)
         if matches:
             tail = matches[-1].strip()
             num = normalise_number(tail)
             if num is not None:
                 return num
-            cleaned = tail.strip(" .*`")
+            cleaned: str = tail.strip(" .*`")
             if cleaned:
                 return cleaned
     numbers = _NUM_RE.findall(text)
