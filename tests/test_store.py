@@ -653,3 +653,19 @@ async def test_in_memory_sqlite_store(tmp_path: Path) -> None:
         await s.create_run(make_run())
         await asyncio.gather(*(s.record_call(make_call(i)) for i in range(100)), s.list_runs())
         assert await s.count_calls("run-1") == 100
+
+
+async def test_text_the_database_cannot_hold_is_cleaned_not_lost(store: Store) -> None:
+    """A NUL byte in a reply must not fail its batch (PostgreSQL rejects NUL in text)."""
+    run = make_run()
+    await store.create_run(run)
+    node = make_node("n-nul", text="before\x00after", meta={"score": float("nan"), "x": "a\x00"})
+    store.put_node(node)
+    await store.flush()
+    nodes, _ = await store.load_tree(run.id, node.task_id)
+    (got,) = [n for n in nodes if n.id == "n-nul"]
+    if store.dialect == "postgresql":
+        assert got.text == "before\ufffdafter"
+        assert got.meta == {"score": None, "x": "a\ufffd"}
+    else:
+        assert got.text == "before\x00after"

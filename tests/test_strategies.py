@@ -49,7 +49,10 @@ async def test_best_of_n_picks_highest_score_ties_to_earliest(tmp_path: Path) ->
     chosen = [n for n in nodes if n.meta.get("chosen")]
     assert len(chosen) == 1 and chosen[0].sample_index == 1
     assert sum(1 for j in judgements if j.role == "judge") == 4
-    assert sum(1 for j in judgements if j.role == "grader") == 1
+    graded = {j.node_id: j.verdict for j in judgements if j.role == "grader"}
+    assert len(graded) == 4  # every candidate graded once, for the record
+    assert graded[chosen[0].id] == "correct"
+    assert res.attempts[0].stats["candidates_correct"] == 2
 
 
 async def test_unparseable_judge_is_repaired_once_then_recorded(tmp_path: Path) -> None:

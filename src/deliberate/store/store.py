@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -192,6 +193,23 @@ def _coalesce(writes: Iterable[_Write]) -> dict[_Kind, list[dict[str, Any]]]:
     out["attempt"] = list(attempts.values())
     out["node"] = list(nodes.values())
     return out
+
+
+def _pg_clean(value: Any) -> Any:
+    """What PostgreSQL can hold: NUL in text becomes U+FFFD, non-finite JSON floats null.
+
+    Model output can contain NUL bytes, which PostgreSQL text and JSON cannot store;
+    without this one such reply would fail its whole batch.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {k: _pg_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_pg_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _records(factory: Callable[..., _R], rows: Iterable[RowMapping]) -> list[_R]:
@@ -512,6 +530,8 @@ class Store:
         with self._exclusive(), self._write_engine.begin() as conn:
             for kind in ("attempt", "node", "judgement", "call"):
                 rows = groups[kind]
+                if rows and self._dialect == "postgresql":
+                    rows = [_pg_clean(r) for r in rows]
                 if rows:
                     conn.execute(self._statements[kind], rows)
 
