@@ -1,0 +1,428 @@
+"""Any OpenAI-compatible chat endpoint, through the official ``openai`` SDK.
+
+The SDK's own retries are switched off: retrying is one middleware of ours, so
+that every attempt is visible to accounting and budgets. SDK exceptions are
+translated here, at the boundary, into :mod:`deliberate.errors`; nothing from
+``openai`` leaks past this module.
+
+Samples: with ``profile.supports_n`` one HTTP request asks for ``n`` choices (in
+chunks of ``profile.max_n``); otherwise ``n`` single-sample requests run
+concurrently. Under a request seed every HTTP request gets its own seed, mixed
+from the request seed and the index of its first sample, so samples at different
+offsets differ and each sample is reproducible on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
+
+from deliberate.errors import (
+    ModelAuthError,
+    ModelConnectionError,
+    ModelError,
+    ModelHTTPError,
+    ModelRateLimitError,
+    ModelResponseError,
+    ModelTimeoutError,
+)
+from deliberate.models.base import ChatRequest, ChatResponse, Completion, ModelProfile, Usage
+
+__all__ = [
+    "DEFAULT_OPENAI_BASE_URL",
+    "OpenAIChatModel",
+    "SampleCall",
+    "mix_seed",
+    "parse_retry_after",
+    "plan_calls",
+]
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- helpers
+# Shared with the LiteLLM backend: how a request becomes HTTP calls, and how
+# their results come back.
+
+
+def mix_seed(seed: int, index: int) -> int:
+    """The seed sent for the HTTP request whose first sample is ``index``.
+
+    Index 0 keeps the caller's seed unchanged, so a plain one-sample request sends
+    exactly the seed asked for; other indices get a stable hash of (seed, index)
+    folded into 0..2**31-1, a range every server we know accepts.
+    """
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class SampleCall:
+    """One HTTP request serving samples ``offset .. offset + n - 1``."""
+
+    offset: int
+    n: int
+    seed: int | None
+
+
+def plan_calls(request: ChatRequest, profile: ModelProfile) -> list[SampleCall]:
+    """Split a request into HTTP calls: chunks of ``max_n``, or one per sample."""
+    if request.n < 1:
+        raise ValueError(f"n must be at least 1, got {request.n}")
+    chunk = max(1, profile.max_n) if profile.supports_n else 1
+    calls: list[SampleCall] = []
+    start = request.sample_offset
+    end = request.sample_offset + request.n
+    while start < end:
+        k = min(chunk, end - start)
+        seed = None if request.seed is None else mix_seed(request.seed, start)
+        calls.append(SampleCall(offset=start, n=k, seed=seed))
+        start += k
+    return calls
+
+
+async def gather_all(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest and raise that failure.
+
+    Plain ``asyncio.gather`` would leave the other requests running (and paying)
+    after one has failed; a TaskGroup would wrap the error in an ExceptionGroup.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def parse_retry_after(headers: Mapping[str, str] | httpx.Headers | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def short_body(body: str, limit: int = 300) -> str:
+    """The error message inside an OpenAI-style error body, else the body on one line."""
+    text = body.strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            text = err["message"]
+        elif isinstance(err, str):
+            text = err
+        elif isinstance(data.get("detail"), str):
+            text = data["detail"]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def status_error(
+    status: int,
+    body: str,
+    retry_after: float | None,
+    *,
+    endpoint: str,
+    model: str,
+) -> ModelError:
+    """Our error for an HTTP error status, one line naming endpoint and model."""
+    detail = short_body(body) or "(empty body)"
+    if status in (401, 403):
+        return ModelAuthError(
+            f"{endpoint} refused the credentials for model {model} (HTTP {status}): {detail}"
+        )
+    if status == 429:
+        wait = f", retry after {retry_after:g}s" if retry_after is not None else ""
+        return ModelRateLimitError(
+            f"{endpoint} rate-limited model {model} (HTTP 429{wait}): {detail}",
+            status=status,
+            body=body,
+            retry_after=retry_after,
+        )
+    return ModelHTTPError(
+        f"{endpoint} answered HTTP {status} for model {model}: {detail}",
+        status=status,
+        body=body,
+        retry_after=retry_after,
+    )
+
+
+def request_body(request: ChatRequest, call: SampleCall) -> dict[str, Any]:
+    """The OpenAI chat-completions fields of one HTTP call (without model/messages)."""
+    body: dict[str, Any] = {"temperature": request.temperature}
+    if call.n != 1:
+        body["n"] = call.n
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if call.seed is not None:
+        body["seed"] = call.seed
+    if request.response_format is not None:
+        body["response_format"] = dict(request.response_format)
+    return body
+
+
+def completions_from_choices(
+    choices: Sequence[Any],
+    call: SampleCall,
+    *,
+    completion_tokens: int | None,
+    endpoint: str,
+    model: str,
+) -> list[Completion]:
+    """Map provider choices to our Completions, refusing empty or contentless ones.
+
+    Per-choice token counts are only known when the call had one choice; then
+    the response's completion tokens are that sample's.
+    """
+    if not choices:
+        raise ModelResponseError(f"{endpoint} returned no choices for model {model}")
+    if len(choices) != call.n:
+        raise ModelResponseError(
+            f"{endpoint} returned {len(choices)} choices for model {model} where {call.n} "
+            "were asked for; if the server ignores n, use a profile with supports_n=False"
+        )
+    given = [getattr(c, "index", None) for c in choices]
+    ints = [i for i in given if isinstance(i, int)]
+    # Trust the choices' own indices only when they are exactly 0..n-1.
+    rel = ints if len(ints) == len(given) and sorted(ints) == list(range(call.n)) else None
+    out: list[Completion] = []
+    for pos, choice in enumerate(choices):
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        if not isinstance(content, str):
+            refusal = getattr(message, "refusal", None)
+            why = f" (refusal: {short_body(str(refusal), 120)})" if refusal else ""
+            raise ModelResponseError(
+                f"{endpoint} returned a choice without text content for model {model}{why}"
+            )
+        out.append(
+            Completion(
+                text=content,
+                sample_index=call.offset + (rel[pos] if rel is not None else pos),
+                finish_reason=getattr(choice, "finish_reason", None),
+                completion_tokens=completion_tokens if call.n == 1 else None,
+            )
+        )
+    return sorted(out, key=lambda c: c.sample_index)
+
+
+def usage_of(response: Any) -> Usage:
+    """Token usage of a provider response; missing fields count as 0."""
+    usage = getattr(response, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+    completion = getattr(usage, "completion_tokens", None) if usage is not None else None
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) else 0,
+        completion_tokens=completion if isinstance(completion, int) else 0,
+    )
+
+
+async def run_calls(
+    request: ChatRequest,
+    profile: ModelProfile,
+    one: Callable[[SampleCall], Awaitable[tuple[list[Completion], Usage]]],
+    model_id: str,
+) -> ChatResponse:
+    """Plan, run concurrently, and merge: the part every HTTP backend shares."""
+    started = time.perf_counter()
+    results = await gather_all(one(call) for call in plan_calls(request, profile))
+    completions = [c for comps, _ in results for c in comps]
+    usage = Usage()
+    for _, u in results:
+        usage = usage + u
+    return ChatResponse(
+        completions=completions,
+        usage=usage,
+        model=model_id,
+        latency_s=time.perf_counter() - started,
+    )
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+class OpenAIChatModel:
+    """A chat model behind an OpenAI-compatible ``/v1/chat/completions``.
+
+    ``base_url`` and ``api_key`` fall back to ``DELIBERATE_BASE_URL`` /
+    ``OPENAI_BASE_URL`` and ``DELIBERATE_API_KEY`` / ``OPENAI_API_KEY``. A custom
+    endpoint (vLLM, SGLang, a local server) may need no key; the OpenAI API does,
+    and its absence is reported now rather than as a 401 later.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        profile: ModelProfile | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        resolved_url = (
+            base_url or _env("DELIBERATE_BASE_URL", "OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
+        ).rstrip("/")
+        key = api_key or _env("DELIBERATE_API_KEY", "OPENAI_API_KEY")
+        if not key:
+            if resolved_url == DEFAULT_OPENAI_BASE_URL:
+                raise ModelAuthError(
+                    f"no API key for openai:{model}: set OPENAI_API_KEY, "
+                    "or use the offline model 'sim:arithmetic'"
+                )
+            key = "EMPTY"
+        self.model = model
+        self.base_url = resolved_url
+        self.timeout_s = timeout_s
+        self._profile = profile or ModelProfile()
+        self._client = AsyncOpenAI(
+            api_key=key,
+            base_url=resolved_url,
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=http_client,
+        )
+
+    @property
+    def model_id(self) -> str:
+        return f"openai:{self.model}@{self.base_url}"
+
+    @property
+    def profile(self) -> ModelProfile:
+        return self._profile
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatModel({self.model_id!r})"
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        # The SDK wants its own TypedDicts; ours have the same shape.
+        messages: Any = [m.to_dict() for m in request.messages]
+
+        async def one(call: SampleCall) -> tuple[list[Completion], Usage]:
+            kwargs = request_body(request, call)
+            if request.extra:
+                kwargs["extra_body"] = dict(request.extra)
+            try:
+                response = await self._client.chat.completions.create(
+                    model=self.model, messages=messages, **kwargs
+                )
+            except openai.OpenAIError as exc:
+                raise self._translate(exc) from exc
+            except ValueError as exc:  # a 2xx body that is not JSON
+                raise ModelResponseError(
+                    f"{self.base_url} answered model {self.model} with a body that is not "
+                    f"valid JSON: {exc}"
+                ) from exc
+            if not isinstance(response, ChatCompletion):
+                raise ModelResponseError(
+                    f"{self.base_url} answered model {self.model} with something other than "
+                    f"a chat completion: {short_body(str(response), 120)}"
+                )
+            usage = usage_of(response)
+            has_count = getattr(response, "usage", None) is not None
+            comps = completions_from_choices(
+                getattr(response, "choices", None) or [],
+                call,
+                completion_tokens=usage.completion_tokens if has_count else None,
+                endpoint=self.base_url,
+                model=self.model,
+            )
+            return comps, usage
+
+        return await run_calls(request, self._profile, one, self.model_id)
+
+    async def list_models(self) -> list[str]:
+        """Ids of the models the endpoint serves (``GET /models``)."""
+        try:
+            return [m.id async for m in self._client.models.list()]
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (also one passed in: the model owns it from then on)."""
+        await self._client.close()
+
+    def _translate(self, exc: openai.OpenAIError) -> ModelError:
+        """SDK exception → ours, one line naming the endpoint and the model."""
+        endpoint, model = self.base_url, self.model
+        if isinstance(exc, openai.APITimeoutError):
+            return ModelTimeoutError(
+                f"{endpoint} did not answer within {self.timeout_s:g}s (model {model})"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            reason = str(cause) if cause is not None and str(cause) else exc.message
+            return ModelConnectionError(
+                f"cannot reach {endpoint} (model {model}): {' '.join(reason.split())}"
+            )
+        if isinstance(exc, openai.APIStatusError):
+            response = exc.response
+            try:
+                body = response.text
+            except httpx.ResponseNotRead:
+                body = exc.message
+            return status_error(
+                exc.status_code,
+                body,
+                parse_retry_after(response.headers),
+                endpoint=endpoint,
+                model=model,
+            )
+        return ModelResponseError(
+            f"{endpoint} gave an unusable response for model {model}: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        )
