@@ -202,7 +202,7 @@ async def test_usage_counts_approximate_tokens() -> None:
     assert count_tokens("Add 2 and 3.") == 5
     assert [c.completion_tokens for c in resp.completions] == [2, 2]
     assert resp.usage.completion_tokens == 4
-    assert resp.usage.prompt_tokens == sum(count_tokens(m.content) for m in req.messages)
+    assert resp.usage.prompt_tokens == sum(count_tokens(m.content) + 4 for m in req.messages)
 
 
 async def test_task_id_matching_reads_extra() -> None:

@@ -162,9 +162,11 @@ def _build_replay(spec: ModelSpec, suite: Suite | None) -> ChatModel:
     except ValueError as exc:
         raise ConfigError(f"model {spec}: seed must be an integer") from exc
     order = spec.params.get("order", "shuffled")
-    if order not in ("shuffled", "recorded"):
-        raise ConfigError(f"model {spec}: order must be 'shuffled' or 'recorded'")
-    return ReplayModel.from_path(spec.name, seed=seed, order=order)  # type: ignore[arg-type]
+    if order == "shuffled":
+        return ReplayModel.from_path(spec.name, seed=seed, order="shuffled")
+    if order == "recorded":
+        return ReplayModel.from_path(spec.name, seed=seed, order="recorded")
+    raise ConfigError(f"model {spec}: order must be 'shuffled' or 'recorded'")
 
 
 BUILTIN_BACKENDS: dict[str, tuple[Factory, str]] = {

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import json
 import random
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from deliberate.models.base import (
     ModelProfile,
     Usage,
 )
+from deliberate.models.tokens import count_tokens
+from deliberate.models.tokens import prompt_tokens as count_prompt_tokens
 
 __all__ = [
     "RecordedCompletion",
@@ -45,17 +46,6 @@ __all__ = [
 ReplayOrder = Literal["shuffled", "recorded"]
 ReplayMatch = Literal["prompt", "task_id"]
 
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
-
-
-def count_tokens(text: str) -> int:
-    """Approximate token count: runs of word characters and runs of other non-space marks.
-
-    Real tokenizers differ by model. Against cl100k_base this gives 0.8–1.0× the
-    count on GSM8K solutions and 0.7–0.95× on HumanEval programs (5th–95th
-    percentile): close enough for token budgets to bite on replayed runs.
-    """
-    return len(_TOKEN_RE.findall(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +341,7 @@ class ReplayModel:
                     text=text, sample_index=i, finish_reason="stop", completion_tokens=tokens
                 )
             )
-        prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
+        prompt_tokens = count_prompt_tokens(request.messages)
         return ChatResponse(
             completions=completions,
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=total),

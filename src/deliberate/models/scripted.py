@@ -7,20 +7,13 @@ and can fail on demand, so strategy logic is tested without any server.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deliberate.models.base import ChatRequest, ChatResponse, Completion, ModelProfile, Usage
-
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+from deliberate.models.tokens import count_tokens, prompt_tokens, truncate_tokens
 
 Script = Callable[[ChatRequest, int], str | Awaitable[str]]
-
-
-def count_tokens(text: str) -> int:
-    """Words and punctuation marks: a deterministic stand-in for a tokenizer."""
-    return len(_TOKEN.findall(text))
 
 
 class FunctionModel:
@@ -53,11 +46,11 @@ class FunctionModel:
             toks = count_tokens(text)
             reason = "stop"
             if request.max_tokens is not None and toks > request.max_tokens:
-                text = " ".join(_TOKEN.findall(text)[: request.max_tokens])
+                text, _ = truncate_tokens(text, request.max_tokens)
                 toks, reason = request.max_tokens, "length"
             out_tokens += toks
             completions.append(Completion(text, i, reason, toks))
-        prompt = sum(count_tokens(m.content) + 4 for m in request.messages)
+        prompt = prompt_tokens(request.messages)
         return ChatResponse(completions, Usage(prompt, out_tokens), self._model_id)
 
     async def aclose(self) -> None:

@@ -51,6 +51,8 @@ from deliberate.models.sim.protocol import (
     parse_prompt,
     parse_verdict,
 )
+from deliberate.models.tokens import count_tokens, token_pieces, truncate_tokens
+from deliberate.models.tokens import prompt_tokens as count_prompt_tokens
 from deliberate.tasks.task import Suite, Task
 from deliberate.verifiers.answer import answers_match, extract_answer
 
@@ -130,39 +132,6 @@ class SimParams(BaseModel):
 
 
 # ---------------------------------------------------------------- tokens
-
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-
-
-def count_tokens(text: str) -> int:
-    """Tokens of the sim's tokenizer: words and single punctuation marks."""
-    return sum(1 for _ in _TOKEN_RE.finditer(text))
-
-
-def token_pieces(text: str) -> list[str]:
-    """``text`` cut into one piece per token (leading whitespace attached); joins back exactly."""
-    pieces: list[str] = []
-    last = 0
-    for m in _TOKEN_RE.finditer(text):
-        pieces.append(text[last : m.end()])
-        last = m.end()
-    if last < len(text):
-        if pieces:
-            pieces[-1] += text[last:]
-        else:
-            pieces.append(text[last:])
-    return pieces
-
-
-def _truncate(text: str, max_tokens: int) -> tuple[str, bool]:
-    if max_tokens <= 0:
-        return "", bool(text)
-    for k, m in enumerate(_TOKEN_RE.finditer(text), start=1):
-        if k == max_tokens:
-            rest = text[m.end() :]
-            return (text[: m.end()], True) if _TOKEN_RE.search(rest) else (text, False)
-    return text, False
-
 
 def _apply_stop(text: str, stop: Sequence[str]) -> str:
     cuts = [i for s in stop if s and (i := text.find(s)) >= 0]
@@ -709,7 +678,7 @@ class SimModel:
         text = _apply_stop(text, request.stop)
         truncated = False
         if request.max_tokens is not None:
-            text, truncated = _truncate(text, request.max_tokens)
+            text, truncated = truncate_tokens(text, request.max_tokens)
         return Completion(
             text=text,
             sample_index=index,
@@ -728,7 +697,7 @@ class SimModel:
             self._finish(self._text(parsed, task, self._draws(base, greedy, i)), request, i)
             for i in request.sample_indices
         ]
-        prompt_tokens = sum(count_tokens(m.content) + 4 for m in request.messages)
+        prompt_tokens = count_prompt_tokens(request.messages)
         usage = Usage(prompt_tokens, sum(c.completion_tokens or 0 for c in completions))
         return ChatResponse(completions=completions, usage=usage, model=self._model_id)
 
