@@ -18,7 +18,8 @@ COLUMNS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verifica
 
 def independent_figures(path: Path) -> tuple[dict[str, float], float]:
     """Column accuracy from the file's own labels; majority vote by our own parsing."""
-    rows = [json.loads(line) for line in gzip.open(path, "rt")]
+    with gzip.open(path, "rt") as fh:
+        rows = [json.loads(line) for line in fh]
     col_acc = {c: sum(r[c]["is_correct"] for r in rows) / len(rows) for c in COLUMNS}
 
     def final(text: str) -> str | None:
