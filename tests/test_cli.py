@@ -162,3 +162,26 @@ def test_resume_after_sigkill_pays_for_no_call_twice(tmp_path: Path, clean_env: 
     assert _paid_calls(db, "broken") == _paid_calls(base, "whole") == whole_requests
     assert whole_requests <= total_requests <= whole_requests + 8
     assert first_requests < whole_requests
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path: Path,
+                                                                  clean_env: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DELIBERATE_"))}
+    env["DELIBERATE_HOME"] = str(clean_env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deliberate", "run", "--model", "sim?latency_ms=200", "-n", "4",
+         "--concurrency", "2", "--no-cache", "--run-id", "intr"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    db = clean_env / "deliberate.db"
+    deadline = time.monotonic() + 60
+    while _done_tasks(db, "intr") < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    r = cli("runs", env_home=clean_env)
+    assert "interrupted" in r.stdout
+    r = cli("run", "--resume", "intr", env_home=clean_env)
+    assert r.returncode == 0, r.stderr
+    assert _done_tasks(db, "intr") == 30

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=args, prog_name="deliberate", standalone_mode=False)
+        rv = app(args=args, prog_name="deliberate", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         console_err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
+    if isinstance(rv, int) and rv:
+        # click reports Ctrl-C as exit code 130 when not in standalone mode
+        if rv == 130:
+            console_err.print("interrupted; continue with: deliberate run --resume RUN")
+        sys.exit(rv)
 
 
 __all__ = ["app", "main"]

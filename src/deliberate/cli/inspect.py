@@ -34,23 +34,26 @@ async def _runs(store_url: str | None, limit: int) -> None:
     if not runs:
         console.print(f"no runs in {st.url} yet; try: deliberate run")
         return
-    t = Table(title=f"runs in {st.url}", header_style="bold")
-    for col in ("run", "created", "status", "strategy", "suite", "model", "tasks", "accuracy",
-                "tokens"):
-        t.add_column(col)
+    t = Table(title=f"runs in {st.url}", header_style="bold", title_justify="left")
+    t.add_column("run", no_wrap=True, style="bold")
+    t.add_column("created", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    t.add_column("strategy on suite", overflow="fold", min_width=24)
+    t.add_column("tasks", justify="right", no_wrap=True)
+    t.add_column("accuracy", justify="right", no_wrap=True)
+    wide = console.width >= 110
+    if wide:
+        t.add_column("model", overflow="fold")
     for r in runs:
         cfg, s = r.config, r.summary
-        tokens = (s.get("prompt_tokens", 0) or 0) + (s.get("completion_tokens", 0) or 0)
         t.add_row(
             r.id,
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+            time.strftime("%m-%d %H:%M", time.localtime(r.created_at)),
             r.status,
-            str(cfg.get("strategy", "")),
-            str(cfg.get("suite", "")),
-            str(s.get("model") or cfg.get("model") or "default"),
+            f"{cfg.get('strategy', '')} on {cfg.get('suite', '')}",
             str(s.get("tasks", "—")),
             fmt_pct(s.get("accuracy")),
-            f"{tokens:,}" if s else "—",
+            *([escape(str(s.get("model") or cfg.get("model") or "default"))] if wide else []),
         )
     console.print(t)
 

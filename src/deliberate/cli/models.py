@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from deliberate.cli.common import console, parse_params
@@ -50,9 +51,9 @@ def models_cmd() -> None:
     except ConfigError as exc:
         default = f"(misconfigured: {exc})"
     console.print(f"default model: [bold]{default}[/]")
-    console.print("model strings: SCHEME[:NAME][@BASE_URL][?key=value&…], e.g. "
-                  "openai:Qwen2.5-7B@http://localhost:8000/v1, sim:arithmetic?skill=0.7, "
-                  "replay:samples.jsonl?seed=1")
+    console.print(escape("model strings: SCHEME[:NAME][@BASE_URL][?key=value&…], e.g. "
+                         "openai:Qwen2.5-7B@http://localhost:8000/v1, sim:arithmetic?skill=0.7, "
+                         "replay:samples.jsonl?seed=1"))
 
 
 @sim_app.command("serve")

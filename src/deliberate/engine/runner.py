@@ -242,20 +242,25 @@ class Engine:
                 self._progress(progress, attempt)
 
         todo = [t for t in suite if t.id not in attempts]
+        fatal: ModelError | None = None
+        interrupted = False
         try:
             async with asyncio.TaskGroup() as tg:
                 for t in todo:
                     tg.create_task(one(t))
         except* _FatalModelError as group:
-            await store.update_run(run_id, status="failed")
-            await store.flush()
             first = group.exceptions[0]
             assert isinstance(first, _FatalModelError)
-            raise first.err from None
+            fatal = first.err
         except* (asyncio.CancelledError, KeyboardInterrupt):
-            await store.update_run(run_id, status="interrupted")
+            interrupted = True
+        if fatal is not None or interrupted:
+            await store.update_run(run_id, status="interrupted" if interrupted else "failed")
             await store.flush()
-            raise
+            if interrupted:
+                raise asyncio.CancelledError
+            assert fatal is not None
+            raise fatal
         ordered = [attempts[t.id] for t in suite if t.id in attempts]
         summary = summarise(ordered, time.monotonic() - started)
         summary["paid_calls"] = run_ledger.paid_calls
