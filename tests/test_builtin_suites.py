@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from deliberate.tasks import Task, builtin_suites, load_suite
+from deliberate.tasks.task import FINDING_CATEGORIES
 from deliberate.verifiers.answer import answers_match, extract_answer
 
 ARITHMETIC = load_suite("arithmetic")
@@ -156,18 +157,7 @@ def test_python_reference_passes_and_stub_fails(task: Task, tmp_path: Path) -> N
 
 # --------------------------------------------------------------------------- solidity
 
-SMARTBUGS = {
-    "reentrancy",
-    "access_control",
-    "arithmetic",
-    "unchecked_low_level_calls",
-    "denial_of_service",
-    "bad_randomness",
-    "front_running",
-    "time_manipulation",
-    "short_addresses",
-    "other",
-}
+SMARTBUGS = set(FINDING_CATEGORIES)
 
 # What a line flagged with each category must contain.
 _CONSTRUCT = {

@@ -170,31 +170,15 @@ class JournalModel(ModelWrapper):
             resp = await self.inner.complete(request)
         except ModelError as exc:
             j._errors += 1
-            err_key = f"{key}:error:{j._errors}"
             await j.sink.record_call(
-                ModelCallRecord(
-                    id=make_id(j.run_id, j.task_id, err_key),
-                    run_id=j.run_id,
-                    task_id=j.task_id,
-                    node_id=request.tags.get("node"),
-                    key=err_key,
-                    model=model_id,
-                    role=request.tags.get("role", ""),
-                    request=request_to_dict(request, model_id),
-                    response=None,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+                self._record(request, f"{key}:error:{j._errors}", model_id,
+                             error=f"{type(exc).__name__}: {exc}")
             )
             raise
-        record = ModelCallRecord(
-            id=make_id(j.run_id, j.task_id, key),
-            run_id=j.run_id,
-            task_id=j.task_id,
-            node_id=request.tags.get("node"),
-            key=key,
-            model=model_id,
-            role=request.tags.get("role", ""),
-            request=request_to_dict(request, model_id),
+        record = self._record(
+            request,
+            key,
+            model_id,
             response=response_to_dict(resp),
             prompt_tokens=resp.usage.prompt_tokens,
             completion_tokens=resp.usage.completion_tokens,
@@ -206,3 +190,19 @@ class JournalModel(ModelWrapper):
         j.recorded[key] = record
         j.recorded_now += 1
         return record
+
+    def _record(self, request: ChatRequest, key: str, model_id: str,
+                **fields: Any) -> ModelCallRecord:
+        j = self.journal
+        return ModelCallRecord(
+            id=make_id(j.run_id, j.task_id, key),
+            run_id=j.run_id,
+            task_id=j.task_id,
+            node_id=request.tags.get("node"),
+            key=key,
+            model=model_id,
+            role=request.tags.get("role", ""),
+            request=request_to_dict(request, model_id),
+            response=fields.pop("response", None),
+            **fields,
+        )

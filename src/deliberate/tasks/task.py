@@ -8,6 +8,20 @@ from typing import Any, Literal
 
 TaskKind = Literal["math", "code", "findings", "text", "choice"]
 
+# Finding categories of detection suites (SmartBugs-curated's ten).
+FINDING_CATEGORIES = (
+    "reentrancy",
+    "access_control",
+    "arithmetic",
+    "unchecked_low_level_calls",
+    "denial_of_service",
+    "bad_randomness",
+    "front_running",
+    "time_manipulation",
+    "short_addresses",
+    "other",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Task:

@@ -53,7 +53,7 @@ from deliberate.models.sim.protocol import (
 )
 from deliberate.models.tokens import count_tokens, token_pieces, truncate_tokens
 from deliberate.models.tokens import prompt_tokens as count_prompt_tokens
-from deliberate.tasks.task import Suite, Task
+from deliberate.tasks.task import FINDING_CATEGORIES, Suite, Task
 from deliberate.verifiers.answer import answers_match, extract_answer
 
 __all__ = [
@@ -335,18 +335,6 @@ class _CodeBehaviour:
         )
 
 
-_FINDING_CATEGORIES = (
-    "reentrancy",
-    "access_control",
-    "arithmetic",
-    "unchecked_low_level_calls",
-    "denial_of_service",
-    "bad_randomness",
-    "front_running",
-    "time_manipulation",
-    "short_addresses",
-    "other",
-)
 
 
 def _finding_key(item: Mapping[str, Any]) -> tuple[str, tuple[int, ...]] | None:
@@ -395,7 +383,7 @@ class _FindingsBehaviour:
     def _invented(self, rng: random.Random) -> dict[str, Any]:
         names = [a or b for a, b in self.functions]
         out: dict[str, Any] = {
-            "category": rng.choice(_FINDING_CATEGORIES),
+            "category": rng.choice(FINDING_CATEGORIES),
             "lines": [rng.randint(1, self.n_lines)],
         }
         if names:
