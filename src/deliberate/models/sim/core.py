@@ -19,6 +19,7 @@ import random
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -149,7 +150,7 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(_digest(*parts)[:8], "big"))
 
 
-class _Draws:
+class Draws:
     """Independent, named random streams for one sample, so adding one never shifts another."""
 
     __slots__ = ("_key",)
@@ -178,7 +179,7 @@ def _logistic(x: float) -> float:
 # ---------------------------------------------------------------- behaviours per task kind
 
 
-class _Behaviour(Protocol):
+class Behaviour(Protocol):
     """What the sim knows how to do for one task: answer, break, check and review."""
 
     def correct(self, rng: random.Random) -> str: ...
@@ -511,7 +512,7 @@ class _AnswerBehaviour:
         return "The answer is correct."
 
 
-def _behaviour_for(task: Task, seed: int) -> _Behaviour:
+def _behaviour_for(task: Task, seed: int) -> Behaviour:
     if task.kind == "math" and (task.solution or task.answer is not None):
         return _MathBehaviour(task, seed)
     if task.kind == "code" and task.solution and same_program(task.solution, task.solution):
@@ -536,6 +537,7 @@ class SimModel:
         query = self.params.query()
         self._model_id = f"sim:{suite.name}" + (f"?{query}" if query else "")
         self._profile = ModelProfile(supports_n=True, max_n=128, supports_seed=True)
+        self._handlers = load_handlers()
 
     @property
     def model_id(self) -> str:
@@ -589,13 +591,13 @@ class SimModel:
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":"), default=str)
         return _digest("sim", self.params.seed, blob), greedy
 
-    def _draws(self, base: bytes, greedy: bool, index: int) -> _Draws:
-        return _Draws(_digest(base, 0 if greedy else index))
+    def _draws(self, base: bytes, greedy: bool, index: int) -> Draws:
+        return Draws(_digest(base, 0 if greedy else index))
 
-    def _mode(self, draws: _Draws) -> int:
+    def _mode(self, draws: Draws) -> int:
         return draws.rng("mode").choices(range(len(_MODE_WEIGHTS)), _MODE_WEIGHTS)[0]
 
-    def _text(self, parsed: ParsedPrompt, task: Task | None, draws: _Draws) -> str:
+    def _text(self, parsed: ParsedPrompt, task: Task | None, draws: Draws) -> str:
         if task is None:
             return self._unknown(parsed, draws)
         b = self._behaviours[task.id]
@@ -619,13 +621,23 @@ class SimModel:
             return b.wrong(self._mode(draws), rng)
         return candidate
 
+    def judge_text(
+        self, b: Behaviour, candidate: str, scale: tuple[float, float], draws: Draws
+    ) -> str:
+        """A critic's JSON reply on ``candidate``, with the sim's error rates."""
+        return self._judge(b, candidate, b.is_right(candidate), scale, draws)
+
+    def mode(self, draws: Draws) -> int:
+        """A wrong-answer mode (which recurring mistake a wrong sample makes)."""
+        return self._mode(draws)
+
     def _judge(
         self,
-        b: _Behaviour,
+        b: Behaviour,
         candidate: str,
         truth: bool,
         scale: tuple[float, float],
-        draws: _Draws,
+        draws: Draws,
     ) -> str:
         u = draws.uniform("verdict")
         p = self.params
@@ -641,7 +653,7 @@ class SimModel:
         verdict = "correct" if says_correct else "incorrect"
         return json.dumps({"critique": critique, "verdict": verdict, "score": score})
 
-    def _unknown(self, parsed: ParsedPrompt, draws: _Draws) -> str:
+    def _unknown(self, parsed: ParsedPrompt, draws: Draws) -> str:
         rng = draws.rng("text")
         if parsed.role == "critic":
             says_correct = rng.random() < 0.5
@@ -681,10 +693,17 @@ class SimModel:
         parsed = parse_prompt(request.messages)
         task = self._find(request.messages, parsed)
         base, greedy = self._base_key(request)
-        completions = [
-            self._finish(self._text(parsed, task, self._draws(base, greedy, i)), request, i)
-            for i in request.sample_indices
-        ]
+        handler = next((h for h in self._handlers if h.matches(parsed.text)), None)
+        completions = []
+        for i in request.sample_indices:
+            draws = self._draws(base, greedy, i)
+            if handler is not None:
+                ctx = HandlerContext(self, parsed, task,
+                                     self._behaviours.get(task.id) if task else None, draws)
+                text = handler.respond(ctx)
+            else:
+                text = self._text(parsed, task, draws)
+            completions.append(self._finish(text, request, i))
         prompt_tokens = count_prompt_tokens(request.messages)
         usage = Usage(prompt_tokens, sum(c.completion_tokens or 0 for c in completions))
         return ChatResponse(completions=completions, usage=usage, model=self._model_id)
@@ -715,3 +734,44 @@ def _score(
         value = math.ceil(raw) if says_correct else math.floor(raw)
         return int(min(hi, max(lo, value)))
     return round(min(hi, max(lo, raw)), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a role handler may use to answer one sample."""
+
+    sim: SimModel
+    parsed: ParsedPrompt
+    task: Task | None
+    behaviour: Behaviour | None
+    draws: Draws
+
+
+class RoleHandler(Protocol):
+    """A role the sim can play beyond generator/critic/refiner (see ``sim/handlers``).
+
+    ``matches`` looks at the last user message (the tags of the role's template);
+    the first handler that matches answers every sample of the request.
+    """
+
+    name: str
+
+    def matches(self, text: str) -> bool: ...
+
+    def respond(self, ctx: HandlerContext) -> str: ...
+
+
+def load_handlers() -> tuple[RoleHandler, ...]:
+    """Every ``HANDLER`` in the modules of ``deliberate.models.sim.handlers``, by name."""
+    import importlib
+    import pkgutil
+
+    from deliberate.models.sim import handlers as pkg
+
+    found: list[RoleHandler] = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        handler = getattr(mod, "HANDLER", None)
+        if handler is not None:
+            found.append(handler)
+    return tuple(found)
