@@ -69,6 +69,15 @@ class RunConfig(_Frozen):
     model: str | None = Field(None, description="model string; None: sim unless an endpoint is set")
     generator: RoleConfig = RoleConfig(temperature=0.8, max_tokens=1024)
     judge: RoleConfig = RoleConfig(temperature=0.0, max_tokens=512)
+    critic: RoleConfig = RoleConfig(temperature=0.0, max_tokens=1024)
+    refiner: RoleConfig = RoleConfig(temperature=0.7, max_tokens=1024)
+    roles: dict[str, RoleConfig] = Field(
+        default_factory=dict,
+        description="settings of further roles by name (auditor, debater, step_critic, …)",
+    )
+    prompts_dir: str | None = Field(
+        None, description="directory of Jinja2 templates that replace built-in ones by name"
+    )
     verifier: str = Field("auto", description="grading verifier: auto, answer_match or none")
     task_budget: BudgetConfig = BudgetConfig()
     run_budget: BudgetConfig = BudgetConfig()
@@ -86,6 +95,17 @@ class RunConfig(_Frozen):
     @classmethod
     def _strategy_name(cls, v: str) -> str:
         return v.strip().replace("-", "_")
+
+    def role(self, name: str) -> RoleConfig:
+        """Settings of a role: its own field, else ``roles[name]``, else the judge's for
+        judging roles and the generator's for the rest."""
+        if name in ("generator", "judge", "critic", "refiner"):
+            explicit: RoleConfig = getattr(self, name)
+            return explicit
+        if name in self.roles:
+            return self.roles[name]
+        judging = ("judge", "critic", "verifier", "reviewer", "ranker", "value")
+        return self.judge if any(w in name for w in judging) else self.generator
 
     def price_table(self) -> PriceTable:
         return PriceTable(

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from deliberate.config import RunConfig
 from deliberate.errors import BudgetExceeded
-from deliberate.models.base import ChatResponse
+from deliberate.models.base import ChatModel, ChatResponse
 from deliberate.models.budget import Ledger
-from deliberate.roles.roles import Generator, Judge, JudgeResult
+from deliberate.roles.prompts import Prompts
+from deliberate.roles.roles import Generator, Judge, JudgeResult, RoleBase
 from deliberate.tasks.task import Task
 from deliberate.tree import JudgementRecord, NodeRecord, NodeStatus, make_id
 from deliberate.verifiers.base import Verifier, parse_answer
@@ -145,6 +147,39 @@ class TaskTree:
         }
 
 
+R = TypeVar("R", bound=RoleBase)
+
+
+class RoleFactory:
+    """Builds the roles of one task attempt, each bound to its own model and settings.
+
+    ``bind(name)`` returns the model for a role name, already wrapped in the task's
+    budget and journal; settings come from :meth:`RunConfig.role`, so a small model
+    can generate while a large one critiques.
+    """
+
+    def __init__(self, config: RunConfig, prompts: Prompts, bind: Callable[[str], ChatModel],
+                 seed: int) -> None:
+        self.config = config
+        self.prompts = prompts
+        self._bind = bind
+        self._seed = seed
+        self._models: dict[str, ChatModel] = {}
+
+    def model(self, name: str) -> ChatModel:
+        if name not in self._models:
+            self._models[name] = self._bind(name)
+        return self._models[name]
+
+    def seed(self, name: str) -> int:
+        return int(make_id(self._seed, name)[:8], 16)
+
+    def make(self, cls: type[R], name: str, **kwargs: Any) -> R:
+        """``cls`` (a role class) for the role called ``name``."""
+        return cls(self.model(name), self.config.role(name), self.prompts, self.seed(name),
+                   **kwargs)
+
+
 @dataclass(slots=True)
 class TaskContext:
     """Everything one strategy run on one task may use."""
@@ -155,6 +190,7 @@ class TaskContext:
     judge: Judge
     ledger: Ledger
     seed: int
+    roles: RoleFactory
     scoring_verifier: Verifier | None = None
     notes: list[str] = field(default_factory=list)
 

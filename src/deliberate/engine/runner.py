@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.config import RunConfig
-from deliberate.engine.context import TaskContext, TaskTree
+from deliberate.engine.context import RoleFactory, TaskContext, TaskTree
 from deliberate.engine.journal import TaskJournal
 from deliberate.errors import (
     BudgetExceeded,
@@ -148,6 +148,7 @@ class Engine:
         self._progress = progress
         self._stacks: dict[str, ChatModel] = {}
         self._cache: ResponseCache | None = None
+        self._prompts = Prompts(config.prompts_dir)
         self.replayed_calls = 0  # calls answered from the journal on resume
         self.recorded_calls = 0  # calls made and recorded by this process
 
@@ -207,10 +208,10 @@ class Engine:
                 resumed = {a.task_id: a for a in await store.get_attempts(run_id)}
                 await store.update_run(run_id, status="running")
 
-        gen_spec = self._model_string(cfg.generator.model)
-        judge_spec = self._model_string(cfg.judge.model)
-        gen_stack = self._stack(gen_spec, suite)
-        judge_stack = self._stack(judge_spec, suite) if strategy.uses_judge else gen_stack
+        self._prompts = Prompts(cfg.prompts_dir)
+        # Build the generator's model now, so a bad model string or a missing key is
+        # reported before any task starts; other roles' models are built on first use.
+        self._stack(self._model_string(cfg.generator.model), suite)
         run_ledger = Ledger(limits=cfg.run_budget.limits())
 
         progress = Progress(total=len(suite))
@@ -233,7 +234,7 @@ class Engine:
         async def one(task: Task) -> None:
             async with sem:
                 attempt = await self._run_task(
-                    store, run_id, task, strategy, gen_stack, judge_stack, run_ledger, prices,
+                    store, run_id, task, suite, strategy, run_ledger, prices,
                     resume=task.id in resumed,
                 )
             attempts[task.id] = attempt
@@ -309,9 +310,8 @@ class Engine:
         store: Store,
         run_id: str,
         task: Task,
+        suite: Suite,
         strategy: Strategy,
-        gen_stack: ChatModel,
-        judge_stack: ChatModel,
         run_ledger: Ledger,
         prices: PriceTable,
         *,
@@ -320,24 +320,23 @@ class Engine:
         cfg = self.config
         ledger = Ledger(limits=cfg.task_budget.limits(), parent=run_ledger)
         recorded = await store.load_calls(run_id, task.id) if resume else {}
-        prompts = Prompts()
-
         journal = TaskJournal(store, run_id=run_id, task_id=task.id, recorded=recorded,
                               prices=prices)
 
-        def bound(stack: ChatModel, role: str) -> ChatModel:
+        def bind(name: str) -> ChatModel:
+            rc = cfg.role(name)
+            stack = self._stack(self._model_string(rc.model), suite)
             return BudgetedModel(journal.wrap(stack), ledger, prices,
-                                 default_max_tokens=getattr(cfg, role).max_tokens)
+                                 default_max_tokens=rc.max_tokens)
 
         seed = int(make_id(cfg.seed, task.id)[:8], 16)
-        generator = Generator(bound(gen_stack, "generator"), cfg.generator, prompts,
-                              seed=int(make_id(seed, "generator")[:8], 16))
-        judge = Judge(bound(judge_stack, "judge"), cfg.judge, prompts,
-                      seed=int(make_id(seed, "judge")[:8], 16))
+        roles = RoleFactory(cfg, self._prompts, bind, seed)
+        generator = roles.make(Generator, "generator")
+        judge = roles.make(Judge, "judge")
         tree = TaskTree(store, run_id, task)
         grader = grading_verifier(cfg.verifier, task)
         ctx = TaskContext(task=task, tree=tree, generator=generator, judge=judge, ledger=ledger,
-                          seed=seed, scoring_verifier=grader)
+                          seed=seed, roles=roles, scoring_verifier=grader)
         attempt = AttemptRecord(run_id=run_id, task_id=task.id, status="running",
                                 root_id=tree.root.id)
         store.put_attempt(attempt)

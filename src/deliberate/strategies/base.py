@@ -34,7 +34,6 @@ class StrategyResult:
 class Strategy(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[StrategyConfig]]
-    uses_judge: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config

@@ -28,7 +28,6 @@ class BestOfNConfig(StrategyConfig):
 class BestOfN(Strategy):
     name: ClassVar[str] = "best_of_n"
     Config: ClassVar[type[StrategyConfig]] = BestOfNConfig
-    uses_judge: ClassVar[bool] = True
 
     async def run(self, ctx: TaskContext) -> StrategyResult:
         cfg = self.config
