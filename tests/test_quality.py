@@ -18,7 +18,7 @@ PUBLIC = {
     "ModelProfile", "NodeRecord", "RetryConfig", "RoleConfig", "RunConfig", "RunRecord",
     "RunResult", "Store", "StoreError", "Strategy", "StrategyConfig", "StrategyResult", "Suite",
     "Task", "TaskContext", "TaskTree", "Usage", "UsageError", "__version__", "arun",
-    "build_model", "load_suite", "parse_model_spec", "run", "strategies",
+    "build_model", "load_suite", "parse_model_spec", "run", "available_strategies",
 }
 
 

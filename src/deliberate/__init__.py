@@ -28,7 +28,12 @@ from deliberate.models.base import (
 from deliberate.models.registry import build_model, parse_model_spec
 from deliberate.models.scripted import FunctionModel
 from deliberate.store import Store
-from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult, strategies
+from deliberate.strategies.base import (
+    Strategy,
+    StrategyConfig,
+    StrategyResult,
+    available_strategies,
+)
 from deliberate.tasks import Suite, Task, load_suite
 from deliberate.tree import (
     AttemptRecord,
@@ -77,9 +82,9 @@ __all__ = [
     "UsageError",
     "__version__",
     "arun",
+    "available_strategies",
     "build_model",
     "load_suite",
     "parse_model_spec",
     "run",
-    "strategies",
 ]

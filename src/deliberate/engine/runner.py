@@ -49,7 +49,7 @@ from deliberate.strategies.base import Strategy, StrategyResult, build_strategy
 from deliberate.tasks.registry import load_suite
 from deliberate.tasks.task import Suite, Task
 from deliberate.tree import AttemptRecord, NodeRecord, RunRecord, make_id
-from deliberate.verifiers.base import Verifier, grading_verifier
+from deliberate.verifiers.base import Verifier, VerifierResult, grading_verifier
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,19 @@ def summarise(attempts: list[AttemptRecord], wall_s: float | None = None) -> dic
         "calls": sum(a.calls for a in attempts),
         "cost": sum(a.cost for a in attempts),
     }
+    counts = [a.stats["metrics"] for a in attempts if a.stats.get("metrics")]
+    if counts and all(k in c for c in counts for k in ("tp", "fp", "fn")):
+        tp = sum(c["tp"] for c in counts)
+        fp = sum(c["fp"] for c in counts)
+        fn = sum(c["fn"] for c in counts)
+        p = tp / (tp + fp) if tp + fp else None
+        r = tp / (tp + fn) if tp + fn else None
+        out["detection"] = {
+            "tp": tp, "fp": fp, "fn": fn, "precision": p, "recall": r,
+            "f1": 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None
+                                                       else None),
+            "fp_per_task": fp / len(counts),
+        }
     if wall_s is not None:
         out["wall_s"] = wall_s
     return out
@@ -278,17 +291,18 @@ class Engine:
         Candidate grades give the sample accuracy and the oracle (any candidate
         right) beside the strategy's own accuracy, at no model cost.
         """
-        graded: dict[str, bool | None] = {}
+        graded: dict[str, VerifierResult] = {}
         for node in list(tree.nodes.values()):
             if node.role in ("generator", "refiner") and node.text:
                 graded[node.id] = await _grade_node(tree, grader, node)
         if result.node is None:
             attempt.correct = False
-        elif result.node.id in graded:
-            attempt.correct = graded[result.node.id]
-        else:
-            attempt.correct = await _grade_node(tree, grader, result.node)
-        known = [v for v in graded.values() if v is not None]
+            return
+        final = graded.get(result.node.id) or await _grade_node(tree, grader, result.node)
+        attempt.correct = final.passed
+        if final.metrics:
+            attempt.stats["metrics"] = dict(final.metrics)
+        known = [v.passed for v in graded.values() if v.passed is not None]
         if known:
             attempt.stats["candidates"] = len(known)
             attempt.stats["candidates_correct"] = sum(known)
@@ -377,12 +391,13 @@ class Engine:
         return attempt
 
 
-async def _grade_node(tree: TaskTree, grader: Verifier, node: NodeRecord) -> bool | None:
+async def _grade_node(tree: TaskTree, grader: Verifier, node: NodeRecord) -> VerifierResult:
     res = await grader.verify(tree.task, node.text, node.answer)
     verdict = None if res.passed is None else ("correct" if res.passed else "incorrect")
     tree.judge(node, source=f"verifier:{grader.name}", role="grader", score=res.score,
-               scale=(0.0, 1.0), verdict=verdict, critique=res.details)
-    return res.passed
+               scale=(0.0, 1.0), verdict=verdict, critique=res.details,
+               meta={"metrics": dict(res.metrics)} if res.metrics else None)
+    return res
 
 
 async def arun(

@@ -4,8 +4,8 @@ from deliberate.strategies.base import (
     Strategy,
     StrategyConfig,
     StrategyResult,
+    available_strategies,
     build_strategy,
-    strategies,
 )
 
-__all__ = ["Strategy", "StrategyConfig", "StrategyResult", "build_strategy", "strategies"]
+__all__ = ["Strategy", "StrategyConfig", "StrategyResult", "available_strategies", "build_strategy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -43,12 +45,23 @@ class Strategy(ABC):
         """Grow ``ctx.tree`` and return the chosen node; never raise BudgetExceeded."""
 
 
-def strategies() -> dict[str, type[Strategy]]:
-    """Built-in strategies plus those installed under the ``deliberate.strategies`` group."""
-    from deliberate.strategies.best_of_n import BestOfN
-    from deliberate.strategies.self_consistency import SelfConsistency
+def available_strategies() -> dict[str, type[Strategy]]:
+    """Built-in strategies (every module of this package) plus installed plugins.
 
-    table: dict[str, type[Strategy]] = {s.name: s for s in (BestOfN, SelfConsistency)}
+    A plugin registers a :class:`Strategy` subclass under the ``deliberate.strategies``
+    entry-point group.
+    """
+    pkg = importlib.import_module("deliberate.strategies")
+
+    table: dict[str, type[Strategy]] = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for obj in vars(mod).values():
+            if (isinstance(obj, type) and issubclass(obj, Strategy) and obj is not Strategy
+                    and obj.__module__ == mod.__name__ and "name" in vars(obj)):
+                table[obj.name] = obj
     for ep in entry_points(group="deliberate.strategies"):
         cls = ep.load()
         table[cls.name] = cls
@@ -56,7 +69,7 @@ def strategies() -> dict[str, type[Strategy]]:
 
 
 def build_strategy(name: str, params: dict[str, Any]) -> Strategy:
-    table = strategies()
+    table = available_strategies()
     if name not in table:
         raise UnknownNameError(f"unknown strategy {name!r}; known: {', '.join(sorted(table))}")
     cls = table[name]

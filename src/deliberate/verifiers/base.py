@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from deliberate.errors import UnknownNameError
@@ -22,9 +23,13 @@ _CHOICE = re.compile(r"(?:answer\s*(?:is|:)\s*)\(?([A-Ja-j])\)?\b", re.IGNORECAS
 
 @dataclass(frozen=True, slots=True)
 class VerifierResult:
+    """A verdict (None: undecidable), a score in [0, 1], what the critic may see, and
+    counts a run aggregates (detection suites report ``tp``, ``fp`` and ``fn``)."""
+
     passed: bool | None  # None: the verifier could not decide (no reference, no answer)
     score: float | None
     details: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class Verifier(Protocol):
