@@ -154,6 +154,11 @@ def _print_result(result: RunResult) -> None:
             t.add_row("oracle (any candidate right)", fmt_pct(s["oracle_accuracy"]))
     else:
         t.add_row("accuracy", "n/a (no grading verifier for this suite)")
+    det = s.get("detection")
+    if det:
+        t.add_row("detection precision / recall / F1",
+                  " / ".join(fmt_pct(det[k]) for k in ("precision", "recall", "f1")))
+        t.add_row("false positives per task", f"{det['fp_per_task']:.2f}")
     t.add_row("tokens (prompt + completion)",
               f"{s['prompt_tokens']:,} + {s['completion_tokens']:,}")
     t.add_row("model calls (paid / cached)", f"{s['calls']} ({s['paid_calls']} / "
