@@ -185,3 +185,13 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path: Path,
     r = cli("run", "--resume", "intr", env_home=clean_env)
     assert r.returncode == 0, r.stderr
     assert _done_tasks(db, "intr") == 30
+
+
+def test_models_and_strategies_commands(clean_env: Path) -> None:
+    r = cli("models", env_home=clean_env)
+    assert r.returncode == 0 and "default model: sim" in r.stdout
+    assert "[@BASE_URL]" in r.stdout  # the grammar is shown, not eaten as markup
+    r = cli("strategies", env_home=clean_env)
+    assert r.returncode == 0
+    for name in ("best_of_n", "self_consistency"):
+        assert name in r.stdout

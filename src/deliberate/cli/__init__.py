@@ -12,6 +12,7 @@ from rich.markup import escape
 from deliberate.cli import inspect as _inspect
 from deliberate.cli import models as _models
 from deliberate.cli import run as _run
+from deliberate.cli import strategies as _strategies
 from deliberate.cli.common import console_err
 from deliberate.errors import DeliberateError, UsageError
 
@@ -26,6 +27,7 @@ app.command("run")(_run.run_cmd)
 app.command("runs")(_inspect.runs_cmd)
 app.command("show")(_inspect.show_cmd)
 app.command("models")(_models.models_cmd)
+app.command("strategies")(_strategies.strategies_cmd)
 app.add_typer(_models.sim_app, name="sim")
 app.add_typer(_models.replay_app, name="replay")
 
