@@ -132,8 +132,7 @@ def summarise(attempts: list[AttemptRecord], wall_s: float | None = None) -> dic
         r = tp / (tp + fn) if tp + fn else None
         out["detection"] = {
             "tp": tp, "fp": fp, "fn": fn, "precision": p, "recall": r,
-            "f1": 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None
-                                                       else None),
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
             "fp_per_task": fp / len(counts),
         }
     if wall_s is not None:
