@@ -3,9 +3,9 @@
 One string names any suite, the same in YAML, on the command line and in a server
 request:
 
-- a built-in name: ``arithmetic``, ``python``, ``solidity``;
+- a built-in name: ``arithmetic``, ``python``, ``solidity``, ``evidence``;
 - ``LOADER:PATH`` with LOADER one of ``humaneval``, ``mbpp_plus``, ``gsm8k``, ``jsonl``,
-  ``json``, ``parquet``;
+  ``json``, ``parquet``, ``smartbugs`` (the SmartBugs-curated folder);
 - a bare path ending ``.jsonl``, ``.json``, ``.parquet`` (optionally ``.gz``), read with
   the generic loader for its format and the default field mapping.
 
@@ -27,6 +27,7 @@ from deliberate.tasks.loaders import (
     load_mbpp_plus,
     load_parquet,
 )
+from deliberate.tasks.smartbugs import load_smartbugs
 from deliberate.tasks.task import Suite
 
 __all__ = ["builtin_suites", "load_suite"]
@@ -38,6 +39,7 @@ _LOADERS: dict[str, Callable[[Path], Suite]] = {
     "jsonl": load_jsonl,
     "json": load_json,
     "parquet": load_parquet,
+    "smartbugs": load_smartbugs,
 }
 
 _BY_SUFFIX: tuple[tuple[str, Callable[[Path], Suite]], ...] = (

@@ -3,7 +3,9 @@
 They exist so that every strategy can be run, tested and demonstrated offline on
 tasks with known ground truth, with no download: ``arithmetic`` (worked solutions one
 step per line, for step critics), ``python`` (functions with assert tests, for the
-sandbox) and ``solidity`` (contracts with labelled flaws, for auditor-critic runs).
+sandbox), ``solidity`` (contracts with labelled flaws, for auditor-critic runs) and
+``evidence`` (questions about a fictional world with their passages in
+``metadata["passages"]``, for evidence refinement).
 The content is original; each file is in :class:`~deliberate.tasks.task.Task`'s own
 shape, so the generic JSONL loader reads it with no field mapping.
 """
@@ -52,6 +54,13 @@ BUILTIN_SUITES = MappingProxyType(
                 "solidity.jsonl",
                 "findings",
                 "6 short Solidity contracts with labelled flaws (SmartBugs categories)",
+            ),
+            BuiltinSuite(
+                "evidence",
+                "evidence.jsonl",
+                "math",
+                "20 questions about a fictional valley, each answered from 3-5 passages "
+                "(some distractors), with cited worked solutions",
             ),
         )
     }
