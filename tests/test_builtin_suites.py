@@ -35,12 +35,13 @@ _OPS = {
 
 
 def test_builtin_suites_are_listed_and_packaged() -> None:
-    assert set(builtin_suites()) == {"arithmetic", "python", "solidity"}
+    assert set(builtin_suites()) == {"arithmetic", "python", "solidity", "evidence"}
     assert all(builtin_suites().values())
     package = files("deliberate.tasks.builtin")
     for name in builtin_suites():
         assert package.joinpath(f"{name}.jsonl").is_file()
     assert (len(ARITHMETIC), len(PYTHON), len(SOLIDITY)) == (30, 30, 6)
+    assert len(load_suite("evidence")) == 20
 
 
 # --------------------------------------------------------------------------- arithmetic

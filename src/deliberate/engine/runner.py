@@ -32,9 +32,11 @@ from deliberate.engine.journal import TaskJournal
 from deliberate.errors import (
     BudgetExceeded,
     ConfigError,
+    DeliberateError,
     ModelAuthError,
     ModelConnectionError,
     ModelError,
+    StoreError,
     UsageError,
 )
 from deliberate.models.base import ChatModel
@@ -54,6 +56,8 @@ from deliberate.verifiers.base import Verifier, VerifierResult, grading_verifier
 log = logging.getLogger(__name__)
 
 FINISHED = ("done", "budget_limited")
+# Roles whose nodes are whole candidate answers: graded for the run's sample accuracy.
+CANDIDATE_ROLES = frozenset({"generator", "refiner", "debater"})
 
 
 def data_home() -> Path:
@@ -93,8 +97,10 @@ class RunResult:
 ProgressFn = Callable[[Progress, AttemptRecord | None], None]
 
 
-class _FatalModelError(Exception):
-    def __init__(self, err: ModelError) -> None:
+class _FatalError(Exception):
+    """Carries an error that stops the whole run out of the task group."""
+
+    def __init__(self, err: DeliberateError) -> None:
         super().__init__(str(err))
         self.err = err
 
@@ -255,15 +261,15 @@ class Engine:
                 self._progress(progress, attempt)
 
         todo = [t for t in suite if t.id not in attempts]
-        fatal: ModelError | None = None
+        fatal: DeliberateError | None = None
         interrupted = False
         try:
             async with asyncio.TaskGroup() as tg:
                 for t in todo:
                     tg.create_task(one(t))
-        except* _FatalModelError as group:
+        except* _FatalError as group:
             first = group.exceptions[0]
-            assert isinstance(first, _FatalModelError)
+            assert isinstance(first, _FatalError)
             fatal = first.err
         except* (asyncio.CancelledError, KeyboardInterrupt):
             interrupted = True
@@ -292,7 +298,7 @@ class Engine:
         """
         graded: dict[str, VerifierResult] = {}
         for node in list(tree.nodes.values()):
-            if node.role in ("generator", "refiner") and node.text:
+            if node.role in CANDIDATE_ROLES and node.text:
                 graded[node.id] = await _grade_node(tree, grader, node)
         if result.node is None:
             attempt.correct = False
@@ -357,8 +363,9 @@ class Engine:
             result = await strategy.run(ctx)
         except BudgetExceeded:
             result = StrategyResult(None, "budget exhausted")
-        except (ModelAuthError, ModelConnectionError) as exc:
-            raise _FatalModelError(exc) from exc
+        except (ModelAuthError, ModelConnectionError, UsageError, StoreError) as exc:
+            # The user must fix these (endpoint, key, config, database): stop the run.
+            raise _FatalError(exc) from exc
         except ModelError as exc:
             attempt.status = "failed"
             attempt.error = f"{type(exc).__name__}: {exc}"
