@@ -7,14 +7,15 @@ given is already wrapped with the run's budget, journal and cache.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 
 from deliberate.config import RoleConfig
 from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, Message
-from deliberate.roles.parsing import ParseError, coerce_score, extract_json_object
+from deliberate.roles.parsing import ParseError, coerce_score, json_schema_format, parse_structured
 from deliberate.roles.prompts import Prompts
 from deliberate.tasks.task import Task
 
@@ -29,6 +30,7 @@ class RoleBase:
     def request(
         self, messages: tuple[Message, ...], *, n: int = 1, offset: int = 0,
         tags: dict[str, str] | None = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> ChatRequest:
         return ChatRequest(
             messages=messages,
@@ -39,6 +41,7 @@ class RoleBase:
             n=n,
             sample_offset=offset,
             tags=tags or {},
+            response_format=response_format,
         )
 
 
@@ -61,7 +64,11 @@ class Generator(RoleBase):
 
 
 class Verdict(BaseModel):
-    """What a judge or critic must return."""
+    """What a judge or critic must return.
+
+    Validated with ``context={"scale": (lo, hi)}`` (as :func:`parse_verdict` does),
+    the score must lie on the scale and a ratio such as "7/10" must be out of ``hi``.
+    """
 
     critique: str = ""
     verdict: Literal["correct", "incorrect"]
@@ -70,15 +77,31 @@ class Verdict(BaseModel):
     @field_validator("verdict", mode="before")
     @classmethod
     def _verdict(cls, v: object) -> object:
-        return v.strip().lower() if isinstance(v, str) else v
+        return v.strip().strip(".!").lower() if isinstance(v, str) else v
 
     @field_validator("score", mode="before")
     @classmethod
-    def _score(cls, v: object) -> float:
+    def _score(cls, v: object, info: ValidationInfo) -> float:
         try:
-            return coerce_score(v)
+            return coerce_score(v, _scale(info))
         except ParseError as exc:
             raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _on_scale(self, info: ValidationInfo) -> Verdict:
+        scale = _scale(info)
+        if scale is not None and not scale[0] <= self.score <= scale[1]:
+            raise ValueError(f"score {self.score:g} is outside the scale "
+                             f"{scale[0]:g}..{scale[1]:g}")
+        return self
+
+
+def _scale(info: ValidationInfo) -> tuple[float, float] | None:
+    ctx = info.context
+    if isinstance(ctx, Mapping) and ctx.get("scale") is not None:
+        lo, hi = ctx["scale"]
+        return float(lo), float(hi)
+    return None
 
 
 @dataclass(slots=True)
@@ -93,17 +116,8 @@ class JudgeResult:
 
 
 def parse_verdict(text: str, scale: tuple[float, float]) -> Verdict:
-    data = extract_json_object(text)
-    try:
-        v = Verdict.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ParseError(f"field {loc!r}: {err['msg']}") from exc
-    lo, hi = scale
-    if not lo <= v.score <= hi:
-        raise ParseError(f"score {v.score:g} is outside the scale {lo:g}..{hi:g}")
-    return v
+    """The first JSON object in ``text`` that is a verdict on ``scale``; else ParseError."""
+    return parse_structured(text, Verdict, context={"scale": scale})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +131,12 @@ class Judge(RoleBase):
 
     scale: tuple[float, float] = (1.0, 10.0)
     template: ClassVar[str] = "judge"
+
+    def response_format(self) -> dict[str, Any] | None:
+        """The verdict's JSON schema where the model's profile says it can honour one."""
+        if self.model.profile.supports_json_schema:
+            return json_schema_format("verdict", Verdict)
+        return None
 
     def messages(self, task: Task, candidate: str) -> tuple[Message, ...]:
         ctx = {"task": task, "candidate": candidate,
@@ -132,7 +152,9 @@ class Judge(RoleBase):
         if node_id:
             tags["node"] = node_id
         messages = self.messages(task, candidate)
-        resp = await self.model.complete(self.request(messages, offset=sample, tags=tags))
+        fmt = self.response_format()
+        resp = await self.model.complete(self.request(messages, offset=sample, tags=tags,
+                                                      response_format=fmt))
         text = resp.texts[0] if resp.completions else ""
         call_ids = list(resp.call_ids)
         try:
@@ -148,7 +170,8 @@ class Judge(RoleBase):
                 ),
             )
             resp2 = await self.model.complete(
-                self.request(repair, offset=sample, tags={**tags, "repair": "1"})
+                self.request(repair, offset=sample, tags={**tags, "repair": "1"},
+                             response_format=fmt)
             )
             call_ids += resp2.call_ids
             text2 = resp2.texts[0] if resp2.completions else ""
