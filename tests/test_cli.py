@@ -59,6 +59,7 @@ def test_demo_run_lists_and_shows(tmp_path: Path, clean_env: Path) -> None:
         (["run", "--model", "sim?skill=high"], "skill"),
         (["run", "--config", "missing.yaml"], "cannot read config file"),
         (["run", "-p", "oops"], "key=value"),
+        (["run", "--verifier", "telepathy"], "unknown verifier"),
         (["show", "no-such-run"], "no run 'no-such-run'"),
         (["run", "--store", "postgresql://u:secret@127.0.0.1:1/x"], "cannot open store"),
     ],
@@ -79,10 +80,13 @@ def test_bad_yaml_config_value(tmp_path: Path, clean_env: Path) -> None:
     r = cli("run", "--config", str(cfg), env_home=clean_env)
     assert r.returncode == 2
     assert "task_budget.max_tokens" in r.stderr and "Traceback" not in r.stderr
-    cfg.write_text("suite: arithmetic\nstrategy: best_of_n\nstrategy_params: {n: 2}\nlimit: 2\n")
+    db = tmp_path / "from-yaml.db"
+    cfg.write_text("suite: arithmetic\nstrategy: best_of_n\nstrategy_params: {n: 2}\nlimit: 2\n"
+                   f"store: {db}\n")
     r = cli("run", "--config", str(cfg), "--seed", "3", env_home=clean_env)
     assert r.returncode == 0, r.stderr
     assert "best_of_n" in r.stdout
+    assert db.exists() and not (clean_env / "deliberate.db").exists()  # the file's store is used
 
 
 def test_debug_shows_the_traceback(clean_env: Path) -> None:

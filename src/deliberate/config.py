@@ -78,7 +78,9 @@ class RunConfig(_Frozen):
     prompts_dir: str | None = Field(
         None, description="directory of Jinja2 templates that replace built-in ones by name"
     )
-    verifier: str = Field("auto", description="grading verifier: auto, answer_match or none")
+    verifier: str = Field(
+        "auto", description="grading verifier spec (docs/verifiers.md); auto picks by task kind"
+    )
     task_budget: BudgetConfig = BudgetConfig()
     run_budget: BudgetConfig = BudgetConfig()
     seed: int = 0

@@ -53,6 +53,7 @@ def run_cmd(
     run_cost: Annotated[float | None, typer.Option(help="cost budget for the run (USD)")] = None,
     task_seconds: Annotated[float | None, typer.Option(help="wall-time budget per task")] = None,
     concurrency: Annotated[int | None, typer.Option(help="tasks in flight at once")] = None,
+    verifier: Annotated[str | None, typer.Option(help="grading verifier spec: auto, none, answer_match, math_equiv, code_exec, … (see docs/verifiers.md)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not use the response cache")] = False,
     resume: Annotated[str | None, typer.Option(help="resume the run with this id (its stored config is used)")] = None,
     run_id: Annotated[str | None, typer.Option(help="id for a new run (default: generated)")] = None,
@@ -60,7 +61,7 @@ def run_cmd(
     """Run a strategy over a suite and print the results."""
     asyncio.run(_run(config_file, suite, strategy, n, param, model, judge_model, limit, seed,
                      store, task_tokens, run_tokens, task_calls, run_cost, task_seconds,
-                     concurrency, no_cache, resume, run_id))
+                     concurrency, verifier, no_cache, resume, run_id))
 
 
 async def _run(config_file: Path | None, suite: str | None, strategy: str | None, n: int | None,
@@ -68,7 +69,7 @@ async def _run(config_file: Path | None, suite: str | None, strategy: str | None
                limit: int | None, seed: int | None, store_url: str | None,
                task_tokens: int | None, run_tokens: int | None, task_calls: int | None,
                run_cost: float | None, task_seconds: float | None, concurrency: int | None,
-               no_cache: bool, resume: str | None, new_id: str | None) -> None:
+               verifier: str | None, no_cache: bool, resume: str | None, new_id: str | None) -> None:
     params = parse_params(param)
     if n is not None:
         params["n"] = n
@@ -77,34 +78,36 @@ async def _run(config_file: Path | None, suite: str | None, strategy: str | None
         "limit": limit, "seed": seed, "store": store_url, "concurrency": concurrency,
         "task_budget.max_tokens": task_tokens, "run_budget.max_tokens": run_tokens,
         "task_budget.max_calls": task_calls, "run_budget.max_cost": run_cost,
-        "task_budget.max_wall_s": task_seconds,
+        "task_budget.max_wall_s": task_seconds, "verifier": verifier,
     }
     if no_cache:
         overrides["cache"] = False
-    st = Store.open(store_url)
-    try:
-        target: str | None
-        if resume:
-            changed = [k for k, v in overrides.items() if v is not None and k != "store"]
-            if changed or params or config_file:
-                raise UsageError(
-                    "--resume uses the run's stored config; drop "
-                    + ", ".join(sorted({"--" + k.split(".")[0] for k in changed} | (
-                        {"--param"} if params else set()) | ({"--config"} if config_file else set())))
-                )
+    if resume:
+        changed = [k for k, v in overrides.items() if v is not None and k != "store"]
+        if changed or params or config_file:
+            raise UsageError(
+                "--resume uses the run's stored config; drop "
+                + ", ".join(sorted({"--" + k.split(".")[0] for k in changed} | (
+                    {"--param"} if params else set()) | ({"--config"} if config_file else set())))
+            )
+        st = Store.open(store_url)
+        try:
             cfg = await resume_config(st, resume)
-            target = resume
-        else:
-            cfg = build_config(config_file, overrides, params)
+            result = await _execute(cfg, st, resume)
+        finally:
+            await st.aclose()
+    else:
+        cfg = build_config(config_file, overrides, params)
+        st = Store.open(cfg.store)
+        try:
             if new_id is not None:
                 if not new_id.replace("-", "").replace("_", "").isalnum():
                     raise UsageError("--run-id may hold only letters, digits, '-' and '_'")
                 if await st.get_run(new_id) is not None:
                     raise UsageError(f"run {new_id} already exists; resume it with --resume {new_id}")
-            target = new_id
-        result = await _execute(cfg, st, target)
-    finally:
-        await st.aclose()
+            result = await _execute(cfg, st, new_id)
+        finally:
+            await st.aclose()
     _print_result(result)
 
 

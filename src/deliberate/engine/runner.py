@@ -213,6 +213,8 @@ class Engine:
         if cfg.limit is not None:
             suite = suite.head(cfg.limit)
         strategy = build_strategy(cfg.strategy, cfg.strategy_params)
+        if len(suite):
+            grading_verifier(cfg.verifier, suite.tasks[0])  # a bad spec fails before any call
         prices = cfg.price_table()
         resumed: dict[str, AttemptRecord] = {}
         if run_id is None:

@@ -95,6 +95,8 @@ def answers_match(candidate: str | None, reference: str | None, *, rel_tol: floa
     a = normalise_number(candidate)
     b = normalise_number(reference)
     if a is not None and b is not None:
-        fa, fb = float(Fraction(a)), float(Fraction(b))
-        return math.isclose(fa, fb, rel_tol=rel_tol, abs_tol=1e-9)
+        qa, qb = Fraction(a), Fraction(b)
+        if qa.denominator == 1 and qb.denominator == 1:
+            return qa == qb  # whole numbers: a relative tolerance would equate 3500001 and 3500000
+        return math.isclose(float(qa), float(qb), rel_tol=rel_tol, abs_tol=1e-9)
     return candidate.strip().lower() == reference.strip().lower()
