@@ -1,0 +1,222 @@
+"""The step critic: finds the first wrong step of a solution (ProcessBench's form).
+
+A candidate is split into steps (:func:`split_steps`), shown numbered from 1, and
+the step critic replies ``{"first_wrong_step": k, "reason": "..."}`` with ``k`` the
+1-based number of the earliest wrong step, or -1 when every step is right.
+
+Indexing: everything here is **1-based** (step 1 is the first step), as the model
+sees it and as ``JudgementRecord.first_wrong_step`` stores it; -1 means "no wrong
+step". ProcessBench labels are 0-based indexes into its ``steps`` array (-1 for
+none); :func:`to_processbench_label` and :func:`from_processbench_label` convert.
+
+The role is generic: any strategy (refinement with a step-localising reviewer,
+tree search over steps) or evaluation (ProcessBench) gives it a task and a list of
+steps. On unreadable output it asks once more with the parse error; a second
+failure is returned as a recorded failure, never as a default step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, field_validator
+
+from deliberate.models.base import ChatModel, ChatRequest, Message
+from deliberate.roles.parsing import ParseError, json_schema_format, parse_structured
+from deliberate.roles.roles import RoleBase
+from deliberate.tasks.task import Task
+
+NO_ERROR = -1
+"""``first_wrong_step`` when every step is right (ProcessBench's convention)."""
+
+_STEP_PREFIX = re.compile(r"^\s*step\s+\d+\s*[:.)]\s*", re.IGNORECASE)
+
+
+def split_steps(text: str) -> list[str]:
+    """One step per non-empty line, as the generator templates ask solutions to be written.
+
+    A leading ``Step k:`` label is dropped (the critic sees its own numbering). The
+    final ``Answer: ...`` line is **kept** as the last step: a solution whose steps
+    are right but whose stated answer is wrong has its error there, and ProcessBench
+    counts the final answer as part of the last step too.
+    """
+    steps = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        steps.append(_STEP_PREFIX.sub("", line.rstrip()) or line.strip())
+    return steps
+
+
+def to_processbench_label(first_wrong_step: int) -> int:
+    """1-based step (or -1) to ProcessBench's 0-based label (or -1)."""
+    if first_wrong_step == NO_ERROR:
+        return NO_ERROR
+    if first_wrong_step < 1:
+        raise ValueError(f"steps are numbered from 1, got {first_wrong_step}")
+    return first_wrong_step - 1
+
+
+def from_processbench_label(label: int) -> int:
+    """ProcessBench's 0-based label (or -1) to a 1-based step (or -1)."""
+    if label == NO_ERROR:
+        return NO_ERROR
+    if label < 0:
+        raise ValueError(f"ProcessBench labels are -1 or 0-based indexes, got {label}")
+    return label + 1
+
+
+def step_score(first_wrong_step: int, n_steps: int) -> float:
+    """Share of the steps before the first error: 1.0 if none is wrong.
+
+    A process-reward-like score in [0, 1] that ranks a solution going wrong late
+    above one going wrong early.
+    """
+    if first_wrong_step == NO_ERROR:
+        return 1.0
+    return (first_wrong_step - 1) / max(1, n_steps)
+
+
+class StepVerdict(BaseModel):
+    """What a step critic must return."""
+
+    first_wrong_step: int
+    reason: str = ""
+
+    @field_validator("first_wrong_step", mode="before")
+    @classmethod
+    def _step(cls, v: object) -> object:
+        if v is None:
+            return NO_ERROR  # "no wrong step" written as null
+        if isinstance(v, bool):
+            raise ValueError("must be a step number, not true/false")
+        if isinstance(v, str):
+            m = re.fullmatch(r"\s*(?:step\s*)?(-?\d+)\s*", v, re.IGNORECASE)
+            if m is None:
+                raise ValueError(f"must be a step number or -1, got {v!r}")
+            return int(m.group(1))
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+
+
+def parse_step_verdict(text: str, n_steps: int) -> StepVerdict:
+    """Read a step critic's reply; the step must be -1 or within 1..n_steps."""
+    v = parse_structured(text, StepVerdict)
+    if v.first_wrong_step != NO_ERROR and not 1 <= v.first_wrong_step <= n_steps:
+        raise ParseError(
+            f"first_wrong_step {v.first_wrong_step} is not -1 or a step from 1 to {n_steps}"
+        )
+    return v
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Parsed(Generic[T]):
+    """A parsed reply, or a recorded parse failure (``value`` None, ``error`` set)."""
+
+    value: T | None
+    raw: str
+    error: str | None = None
+    call_ids: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+
+async def complete_parsed(
+    model: ChatModel,
+    make_request: Callable[[tuple[Message, ...], dict[str, str]], ChatRequest],
+    messages: tuple[Message, ...],
+    parse: Callable[[str], T],
+    *,
+    tags: dict[str, str],
+    repair_hint: str,
+) -> Parsed[T]:
+    """Ask, parse; on a parse error ask once more showing it; then record the failure.
+
+    ``make_request`` builds the role's request from messages and tags (so sampling
+    settings stay the role's); ``repair_hint`` ends the repair message.
+    """
+    resp = await model.complete(make_request(messages, tags))
+    text = resp.texts[0] if resp.completions else ""
+    call_ids = list(resp.call_ids)
+    try:
+        return Parsed(parse(text), text, call_ids=call_ids)
+    except ParseError as first:
+        repair = (
+            *messages,
+            Message("assistant", text),
+            Message("user", f"Your reply could not be read: {first}. {repair_hint}"),
+        )
+        resp2 = await model.complete(make_request(repair, {**tags, "repair": "1"}))
+        call_ids += resp2.call_ids
+        text2 = resp2.texts[0] if resp2.completions else ""
+        try:
+            return Parsed(parse(text2), text2, call_ids=call_ids, repaired=True)
+        except ParseError as second:
+            return Parsed(None, text2, error=str(second), call_ids=call_ids)
+
+
+@dataclass(slots=True)
+class StepReview:
+    """A step critic's review of one solution: the steps it saw and what it said."""
+
+    steps: list[str]
+    verdict: StepVerdict | None
+    raw: str
+    error: str | None = None
+    call_ids: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def first_wrong_step(self) -> int | None:
+        """1-based step, -1 for none, None if the reply could not be read."""
+        return self.verdict.first_wrong_step if self.verdict is not None else None
+
+    @property
+    def score(self) -> float | None:
+        """:func:`step_score` of the review, None on a parse failure."""
+        step = self.first_wrong_step
+        return None if step is None else step_score(step, len(self.steps))
+
+
+@dataclass(frozen=True, slots=True)
+class StepCritic(RoleBase):
+    """Finds the earliest wrong step of a solution, or says none is wrong."""
+
+    template: ClassVar[str] = "step_critic"
+
+    def messages(self, task: Task, steps: Sequence[str]) -> tuple[Message, ...]:
+        ctx = {"task": task, "steps": list(steps)}
+        return (
+            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
+            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
+        )
+
+    async def review(self, task: Task, solution: str | Sequence[str], *,
+                     node_id: str | None = None, sample: int = 0) -> StepReview:
+        """Review ``solution`` (text, split by :func:`split_steps`, or a list of steps)."""
+        steps = split_steps(solution) if isinstance(solution, str) else list(solution)
+        if not steps:
+            return StepReview(steps, None, "", error="the solution has no steps")
+        tags = {"role": self.template}
+        if node_id:
+            tags["node"] = node_id
+
+        fmt = (json_schema_format("step_verdict", StepVerdict)
+               if self.model.profile.supports_json_schema else None)
+
+        def make(messages: tuple[Message, ...], t: dict[str, str]) -> ChatRequest:
+            return self.request(messages, offset=sample, tags=t, response_format=fmt)
+
+        res = await complete_parsed(
+            self.model, make, self.messages(task, steps),
+            lambda text: parse_step_verdict(text, len(steps)), tags=tags,
+            repair_hint=("Reply again with only the JSON object: first_wrong_step is -1 or a "
+                         f"step number from 1 to {len(steps)}, and reason is a string."),
+        )
+        return StepReview(steps, res.value, res.raw, res.error, res.call_ids, res.repaired)
