@@ -20,7 +20,6 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from deliberate.models.base import Message
-from deliberate.roles.pairwise import Structured, ask_structured
 from deliberate.roles.parsing import (
     ParseError,
     describe_validation_error,
@@ -28,7 +27,7 @@ from deliberate.roles.parsing import (
     json_values,
     parse_structured,
 )
-from deliberate.roles.roles import RoleBase
+from deliberate.roles.roles import RoleBase, Structured, ask_structured
 from deliberate.tasks.task import Task
 
 MAX_QUESTIONS = 20
@@ -97,7 +96,7 @@ class ChecklistWriter(RoleBase):
             tags["node"] = node_id
         return await ask_structured(self, self.messages(task), parse_questions, tags=tags,
                                     hint=self.hint,
-                                    schema=("checklist_questions", ChecklistQuestions))
+                                    response_format=self.schema_format("checklist_questions", ChecklistQuestions))
 
 
 # ---------------------------------------------------------------- the answers
@@ -218,7 +217,7 @@ class ChecklistAnswerer(RoleBase):
         reply = await ask_structured(
             self, self.messages(task, questions, candidate),
             lambda text: parse_answers(text, questions), tags=tags, sample=sample,
-            hint=self.hint, schema=("checklist_answers", ChecklistReply))
+            hint=self.hint, response_format=self.schema_format("checklist_answers", ChecklistReply))
         return ChecklistScore(reply)
 
 

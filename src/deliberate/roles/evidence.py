@@ -33,10 +33,9 @@ from deliberate.models.base import ChatResponse, Message
 from deliberate.roles.parsing import (
     ParseError,
     coerce_score,
-    json_schema_format,
     parse_structured,
 )
-from deliberate.roles.roles import Generator, RoleBase
+from deliberate.roles.roles import Generator, RoleBase, ask_structured
 from deliberate.tasks.task import Task
 
 __all__ = [
@@ -355,9 +354,7 @@ class EvidenceCritic(RoleBase):
 
     def response_format(self) -> dict[str, Any] | None:
         """The report's JSON schema where the model's profile says it can honour one."""
-        if self.model.profile.supports_json_schema:
-            return json_schema_format("evidence_report", EvidenceReport)
-        return None
+        return self.schema_format("evidence_report", EvidenceReport)
 
     def _parse(self, text: str, n_steps: int) -> EvidenceReport:
         return parse_evidence_report(text, self.scale, n_steps, [p.id for p in self.passages])
@@ -369,36 +366,13 @@ class EvidenceCritic(RoleBase):
         if node_id:
             tags["node"] = node_id
         n_steps = len(reasoning_steps(reasoning))
-        messages = self.messages(task, reasoning)
-        fmt = self.response_format()
-        resp = await self.model.complete(self.request(messages, offset=sample, tags=tags,
-                                                      response_format=fmt))
-        text = resp.texts[0] if resp.completions else ""
-        call_ids = list(resp.call_ids)
-        try:
-            return EvidenceResult(self._parse(text, n_steps), text, call_ids=call_ids)
-        except ParseError as first:
-            repair = (
-                *messages,
-                Message("assistant", text),
-                Message(
-                    "user",
-                    f"Your reply could not be read: {first}. Reply again with only the JSON "
-                    f"object: one entry per step from 1 to {n_steps}, and a score from "
-                    f"{self.scale[0]:g} to {self.scale[1]:g}.",
-                ),
-            )
-            resp2 = await self.model.complete(
-                self.request(repair, offset=sample, tags={**tags, "repair": "1"},
-                             response_format=fmt)
-            )
-            call_ids += resp2.call_ids
-            text2 = resp2.texts[0] if resp2.completions else ""
-            try:
-                return EvidenceResult(self._parse(text2, n_steps), text2, call_ids=call_ids,
-                                      repaired=True)
-            except ParseError as second:
-                return EvidenceResult(None, text2, error=str(second), call_ids=call_ids)
+        res = await ask_structured(
+            self, self.messages(task, reasoning), lambda t: self._parse(t, n_steps), tags=tags,
+            sample=sample, response_format=self.response_format(),
+            hint=(f"Reply again with only the JSON object: one entry per step from 1 to "
+                  f"{n_steps}, and a score from {self.scale[0]:g} to {self.scale[1]:g}."),
+        )
+        return EvidenceResult(res.value, res.raw, res.error, res.call_ids, res.repaired)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, field_validator
 
 from deliberate.models.base import Message
-from deliberate.roles.parsing import ParseError, json_schema_format, parse_structured
-from deliberate.roles.roles import RoleBase
+from deliberate.roles.parsing import parse_structured
+from deliberate.roles.roles import RoleBase, Structured, ask_structured
 from deliberate.tasks.task import Task
 
 Position = Literal["A", "B", "tie"]
@@ -31,58 +31,6 @@ Tournament = Literal["knockout", "round_robin"]
 T = TypeVar("T")
 
 _TIE_WORDS = {"tie", "draw", "equal", "both", "neither", "none"}
-
-
-# ---------------------------------------------------------------- structured calls
-
-
-@dataclass(slots=True)
-class Structured(Generic[T]):
-    """A parsed reply, or a recorded parse failure (``value`` None, ``error`` set)."""
-
-    value: T | None
-    raw: str
-    error: str | None = None
-    call_ids: list[str] = field(default_factory=list)
-    repaired: bool = False
-
-
-async def ask_structured(
-    role: RoleBase,
-    messages: tuple[Message, ...],
-    parse: Callable[[str], T],
-    *,
-    tags: dict[str, str],
-    sample: int = 0,
-    hint: str,
-    schema: tuple[str, type[BaseModel]] | None = None,
-) -> Structured[T]:
-    """Ask ``role``'s model; on an unreadable reply ask once more showing the error.
-
-    A second failure is returned as a recorded failure, never as a default. Where
-    the backend supports JSON-schema output, the request carries ``schema``.
-    """
-    fmt = None
-    if schema is not None and role.model.profile.supports_json_schema:
-        fmt = json_schema_format(*schema)
-    request = role.request(messages, offset=sample, tags=tags, response_format=fmt)
-    resp = await role.model.complete(request)
-    text = resp.texts[0] if resp.completions else ""
-    call_ids = list(resp.call_ids)
-    try:
-        return Structured(parse(text), text, call_ids=call_ids)
-    except ParseError as first:
-        repair = (*messages, Message("assistant", text),
-                  Message("user", f"Your reply could not be read: {first}. {hint}"))
-        resp2 = await role.model.complete(
-            replace(request, messages=repair, tags={**tags, "repair": "1"}))
-        call_ids += resp2.call_ids
-        text2 = resp2.texts[0] if resp2.completions else ""
-        try:
-            return Structured(parse(text2), text2, call_ids=call_ids, repaired=True)
-        except ParseError as second:
-            return Structured(None, text2, error=str(second), call_ids=call_ids,
-                              repaired=True)
 
 
 # ---------------------------------------------------------------- the pairwise judge
@@ -189,7 +137,7 @@ class PairwiseJudge(RoleBase):
             tags["node"] = node_id
         return await ask_structured(
             self, self.messages(as_task(task), a, b), parse_pair_verdict, tags=tags,
-            sample=sample, hint=self.hint, schema=("pairwise_verdict", PairVerdict))
+            sample=sample, hint=self.hint, response_format=self.schema_format("pairwise_verdict", PairVerdict))
 
     async def compare(self, task: Task | str, x: str, y: str, *, swap: bool = True,
                       node_id: str | None = None, sample: int = 0) -> Comparison:

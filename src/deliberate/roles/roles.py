@@ -7,9 +7,9 @@ given is already wrapped with the run's budget, journal and cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 
@@ -43,6 +43,62 @@ class RoleBase:
             tags=tags or {},
             response_format=response_format,
         )
+
+
+    def schema_format(self, name: str, model: type[BaseModel]) -> dict[str, Any] | None:
+        """A JSON-schema response format for ``model`` where this role's backend honours one."""
+        if self.model.profile.supports_json_schema:
+            return json_schema_format(name, model)
+        return None
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Structured(Generic[T]):
+    """A parsed reply, or a recorded parse failure (``value`` None, ``error`` set)."""
+
+    value: T | None
+    raw: str
+    error: str | None = None
+    call_ids: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+
+async def ask_structured(
+    role: RoleBase,
+    messages: tuple[Message, ...],
+    parse: Callable[[str], T],
+    *,
+    tags: dict[str, str],
+    hint: str,
+    sample: int = 0,
+    response_format: Mapping[str, Any] | None = None,
+) -> Structured[T]:
+    """Ask ``role``'s model; on an unreadable reply ask once more, showing the error.
+
+    The one repair request every structured role makes: a second failure comes back
+    as a recorded failure, never as a default value.
+    """
+    request = role.request(messages, offset=sample, tags=tags, response_format=response_format)
+    resp = await role.model.complete(request)
+    text = resp.texts[0] if resp.completions else ""
+    call_ids = list(resp.call_ids)
+    try:
+        return Structured(parse(text), text, call_ids=call_ids)
+    except ParseError as first:
+        repair = (*messages, Message("assistant", text),
+                  Message("user", f"Your reply could not be read: {first}. {hint}"))
+        resp2 = await role.model.complete(
+            replace(request, messages=repair, tags={**tags, "repair": "1"}))
+        call_ids += resp2.call_ids
+        text2 = resp2.texts[0] if resp2.completions else ""
+        try:
+            return Structured(parse(text2), text2, call_ids=call_ids, repaired=True)
+        except ParseError as second:
+            return Structured(None, text2, error=str(second), call_ids=call_ids,
+                              repaired=True)
 
 
 class Generator(RoleBase):
@@ -134,9 +190,7 @@ class Judge(RoleBase):
 
     def response_format(self) -> dict[str, Any] | None:
         """The verdict's JSON schema where the model's profile says it can honour one."""
-        if self.model.profile.supports_json_schema:
-            return json_schema_format("verdict", Verdict)
-        return None
+        return self.schema_format("verdict", Verdict)
 
     def messages(self, task: Task, candidate: str) -> tuple[Message, ...]:
         ctx = {"task": task, "candidate": candidate,
@@ -151,35 +205,13 @@ class Judge(RoleBase):
         tags = {"role": self.template}
         if node_id:
             tags["node"] = node_id
-        messages = self.messages(task, candidate)
-        fmt = self.response_format()
-        resp = await self.model.complete(self.request(messages, offset=sample, tags=tags,
-                                                      response_format=fmt))
-        text = resp.texts[0] if resp.completions else ""
-        call_ids = list(resp.call_ids)
-        try:
-            return JudgeResult(parse_verdict(text, self.scale), text, call_ids=call_ids)
-        except ParseError as first:
-            repair = (
-                *messages,
-                Message("assistant", text),
-                Message(
-                    "user",
-                    f"Your reply could not be read: {first}. Reply again with only the JSON "
-                    f"object, with a score from {_fmt(self.scale[0])} to {_fmt(self.scale[1])}.",
-                ),
-            )
-            resp2 = await self.model.complete(
-                self.request(repair, offset=sample, tags={**tags, "repair": "1"},
-                             response_format=fmt)
-            )
-            call_ids += resp2.call_ids
-            text2 = resp2.texts[0] if resp2.completions else ""
-            try:
-                return JudgeResult(parse_verdict(text2, self.scale), text2, call_ids=call_ids,
-                                   repaired=True)
-            except ParseError as second:
-                return JudgeResult(None, text2, error=str(second), call_ids=call_ids)
+        lo, hi = _fmt(self.scale[0]), _fmt(self.scale[1])
+        res = await ask_structured(
+            self, self.messages(task, candidate), lambda t: parse_verdict(t, self.scale),
+            tags=tags, sample=sample, response_format=self.response_format(),
+            hint=f"Reply again with only the JSON object, with a score from {lo} to {hi}.",
+        )
+        return JudgeResult(res.value, res.raw, res.error, res.call_ids, res.repaired)
 
 
 @dataclass(frozen=True, slots=True)

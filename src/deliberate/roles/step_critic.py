@@ -18,15 +18,15 @@ failure is returned as a recorded failure, never as a default step.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar
 
 from pydantic import BaseModel, field_validator
 
-from deliberate.models.base import ChatModel, ChatRequest, Message
-from deliberate.roles.parsing import ParseError, json_schema_format, parse_structured
-from deliberate.roles.roles import RoleBase
+from deliberate.models.base import Message
+from deliberate.roles.parsing import ParseError, parse_structured
+from deliberate.roles.roles import RoleBase, ask_structured
 from deliberate.tasks.task import Task
 
 NO_ERROR = -1
@@ -113,54 +113,6 @@ def parse_step_verdict(text: str, n_steps: int) -> StepVerdict:
     return v
 
 
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Parsed(Generic[T]):
-    """A parsed reply, or a recorded parse failure (``value`` None, ``error`` set)."""
-
-    value: T | None
-    raw: str
-    error: str | None = None
-    call_ids: list[str] = field(default_factory=list)
-    repaired: bool = False
-
-
-async def complete_parsed(
-    model: ChatModel,
-    make_request: Callable[[tuple[Message, ...], dict[str, str]], ChatRequest],
-    messages: tuple[Message, ...],
-    parse: Callable[[str], T],
-    *,
-    tags: dict[str, str],
-    repair_hint: str,
-) -> Parsed[T]:
-    """Ask, parse; on a parse error ask once more showing it; then record the failure.
-
-    ``make_request`` builds the role's request from messages and tags (so sampling
-    settings stay the role's); ``repair_hint`` ends the repair message.
-    """
-    resp = await model.complete(make_request(messages, tags))
-    text = resp.texts[0] if resp.completions else ""
-    call_ids = list(resp.call_ids)
-    try:
-        return Parsed(parse(text), text, call_ids=call_ids)
-    except ParseError as first:
-        repair = (
-            *messages,
-            Message("assistant", text),
-            Message("user", f"Your reply could not be read: {first}. {repair_hint}"),
-        )
-        resp2 = await model.complete(make_request(repair, {**tags, "repair": "1"}))
-        call_ids += resp2.call_ids
-        text2 = resp2.texts[0] if resp2.completions else ""
-        try:
-            return Parsed(parse(text2), text2, call_ids=call_ids, repaired=True)
-        except ParseError as second:
-            return Parsed(None, text2, error=str(second), call_ids=call_ids)
-
-
 @dataclass(slots=True)
 class StepReview:
     """A step critic's review of one solution: the steps it saw and what it said."""
@@ -207,16 +159,11 @@ class StepCritic(RoleBase):
         if node_id:
             tags["node"] = node_id
 
-        fmt = (json_schema_format("step_verdict", StepVerdict)
-               if self.model.profile.supports_json_schema else None)
-
-        def make(messages: tuple[Message, ...], t: dict[str, str]) -> ChatRequest:
-            return self.request(messages, offset=sample, tags=t, response_format=fmt)
-
-        res = await complete_parsed(
-            self.model, make, self.messages(task, steps),
-            lambda text: parse_step_verdict(text, len(steps)), tags=tags,
-            repair_hint=("Reply again with only the JSON object: first_wrong_step is -1 or a "
-                         f"step number from 1 to {len(steps)}, and reason is a string."),
+        res = await ask_structured(
+            self, self.messages(task, steps),
+            lambda text: parse_step_verdict(text, len(steps)), tags=tags, sample=sample,
+            response_format=self.schema_format("step_verdict", StepVerdict),
+            hint=("Reply again with only the JSON object: first_wrong_step is -1 or a "
+                  f"step number from 1 to {len(steps)}, and reason is a string."),
         )
         return StepReview(steps, res.value, res.raw, res.error, res.call_ids, res.repaired)

@@ -41,15 +41,13 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 
 from deliberate.engine.context import TaskContext
 from deliberate.errors import BudgetExceeded
-from deliberate.models.base import ChatRequest, Message
+from deliberate.models.base import Message
 from deliberate.roles.parsing import (
     ParseError,
     coerce_score,
-    json_schema_format,
     parse_structured,
 )
-from deliberate.roles.roles import Judge
-from deliberate.roles.step_critic import Parsed, complete_parsed
+from deliberate.roles.roles import Judge, Structured, ask_structured
 from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
 from deliberate.strategies.refine import (
     Assessment,
@@ -150,23 +148,18 @@ class PointsCritic(Judge):
         )
 
     async def critique(self, task: Task, candidate: str, *, node_id: str | None = None,
-                       sample: int = 0) -> Parsed[PointsVerdict]:
+                       sample: int = 0) -> Structured[PointsVerdict]:
         tags = {"role": self.template}
         if node_id:
             tags["node"] = node_id
 
-        fmt = (json_schema_format("points_verdict", PointsVerdict)
-               if self.model.profile.supports_json_schema else None)
-
-        def make(messages: tuple[Message, ...], t: dict[str, str]) -> ChatRequest:
-            return self.request(messages, offset=sample, tags=t, response_format=fmt)
-
         lo, hi = self.scale
-        return await complete_parsed(
-            self.model, make, self.messages(task, candidate),
-            lambda text: parse_points(text, self.scale), tags=tags,
-            repair_hint=(f"Reply again with only the JSON object: verdict, a score from {lo:g} "
-                         f"to {hi:g}, and points, a list of {{\"step\", \"issue\"}}."),
+        return await ask_structured(
+            self, self.messages(task, candidate), lambda text: parse_points(text, self.scale),
+            tags=tags, sample=sample,
+            response_format=self.schema_format("points_verdict", PointsVerdict),
+            hint=(f"Reply again with only the JSON object: verdict, a score from {lo:g} "
+                  f"to {hi:g}, and points, a list of {{\"step\", \"issue\"}}."),
         )
 
 
