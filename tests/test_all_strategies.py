@@ -42,7 +42,7 @@ async def test_strategy_grows_a_tree_and_is_deterministic(tmp_path: Path, name: 
         (a.task_id, a.answer) for a in second.attempts]
     st = Store.open(str(tmp_path / f"{name}.db"))
     async with st:
-        nodes, judgements = await st.load_tree(first.run_id, first.attempts[0].task_id)
+        nodes, _ = await st.load_tree(first.run_id, first.attempts[0].task_id)
     assert len(nodes) >= 2  # the root and at least one candidate
     assert all(n.parent_id in {m.id for m in nodes} for n in nodes if n.parent_id)
     assert first.attempts[0].final_node_id in {n.id for n in nodes}

@@ -16,6 +16,7 @@ Everything the library raises on purpose derives from :class:`DeliberateError`::
     │   ├── ModelAuthError         401/403: missing or wrong key
     │   └── ModelResponseError     the endpoint answered with something unusable
     ├── BudgetExceeded             a budget would be exceeded; strategies stop cleanly
+    ├── SandboxError               the code sandbox could not run a program at all
     └── StoreError                 the database cannot be used (schema, connection)
 
 Usage errors are the user's to fix and the CLI prints them as one line; run
@@ -113,6 +114,10 @@ class BudgetExceeded(DeliberateError):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class SandboxError(DeliberateError):
+    """The sandbox itself failed (isolation could not be set up): no verdict on the code."""
 
 
 class StoreError(DeliberateError):

@@ -167,6 +167,7 @@ class Engine:
         self._stacks: dict[str, ChatModel] = {}
         self._cache: ResponseCache | None = None
         self._prompts = Prompts(config.prompts_dir)
+        self._graders: dict[str, Verifier] = {}
         self.replayed_calls = 0  # calls answered from the journal on resume
         self.recorded_calls = 0  # calls made and recorded by this process
 
@@ -188,6 +189,12 @@ class Engine:
             model = CachedModel(model, self._cache)
         self._stacks[spec] = model
         return model
+
+    def _grader(self, task: Task) -> Verifier | None:
+        """The grading verifier for ``task``, one instance per kind for the whole run, so
+        that e.g. all code grading shares one sandbox and its concurrency limit."""
+        v = grading_verifier(self.config.verifier, task)
+        return None if v is None else self._graders.setdefault(v.name, v)
 
     # -- running ------------------------------------------------------------------
 
@@ -355,7 +362,7 @@ class Engine:
         generator = roles.make(Generator, "generator")
         judge = roles.make(Judge, "judge")
         tree = TaskTree(store, run_id, task)
-        grader = grading_verifier(cfg.verifier, task)
+        grader = self._grader(task)
         ctx = TaskContext(task=task, tree=tree, generator=generator, judge=judge, ledger=ledger,
                           seed=seed, roles=roles, scoring_verifier=grader)
         attempt = AttemptRecord(run_id=run_id, task_id=task.id, status="running",

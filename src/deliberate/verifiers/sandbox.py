@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from deliberate.errors import DeliberateError
+from deliberate.errors import SandboxError
 from deliberate.verifiers import _jail  # noqa: F401  (compiles and caches its bytecode)
 
 __all__ = ["ExecResult", "ExecStatus", "Sandbox", "SandboxError", "SandboxLimits"]
@@ -56,10 +56,6 @@ _BOOT = ("import sys; sys.path.append(sys.argv[1]); import _jail; "
 _SETUP_FAILED = 121
 _PROGRAM = "program.py"
 _MiB = 1 << 20
-
-
-class SandboxError(DeliberateError):
-    """The sandbox itself failed (isolation could not be set up): no verdict on the code."""
 
 
 @dataclass(frozen=True, slots=True)
