@@ -133,3 +133,24 @@ async def test_unknown_strategy_and_bad_params_are_usage_errors(tmp_path: Path) 
     with pytest.raises(ConfigError, match="strategy best_of_n: n"):
         await arun(cfg(tmp_path, strategy="best_of_n", strategy_params={"n": 0}),
                    models={"scripted": FunctionModel(lambda r, i: "")}, suite=SUITE)
+
+
+async def test_prompt_templates_can_be_replaced_per_run(tmp_path: Path) -> None:
+    templates = tmp_path / "prompts"
+    templates.mkdir()
+    (templates / "generator_system.j2").write_text("You are terse. Task kind: {{ task.kind }}.")
+    seen: list[str] = []
+
+    def script(r: ChatRequest, i: int) -> str:
+        seen.append(r.messages[0].content)
+        return "Answer: 4"
+
+    await arun(cfg(tmp_path, strategy="self_consistency", strategy_params={"n": 1}, limit=1,
+                   prompts_dir=str(templates)),
+               models={"scripted": FunctionModel(script)}, suite=SUITE)
+    assert seen == ["You are terse. Task kind: math."]
+    from deliberate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        await arun(cfg(tmp_path, prompts_dir=str(tmp_path / "nowhere")),
+                   models={"scripted": FunctionModel(script)}, suite=SUITE)
