@@ -26,16 +26,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from deliberate.errors import DataError
 from deliberate.models.base import ChatResponse, Message
 from deliberate.roles.parsing import (
     ParseError,
-    coerce_score,
     parse_structured,
 )
-from deliberate.roles.roles import Generator, RoleBase, ask_structured
+from deliberate.roles.roles import Generator, RoleBase, ScoredVerdict, ask_structured
 from deliberate.tasks.task import Task
 
 __all__ = [
@@ -185,7 +184,7 @@ class StepCheck(BaseModel):
         return "" if v is None else v
 
 
-class EvidenceReport(BaseModel):
+class EvidenceReport(ScoredVerdict):
     """What the evidence critic must return: a status per step, a verdict and a score.
 
     Validated with ``context={"scale": (lo, hi)}``, the score must lie on the scale.
@@ -194,29 +193,6 @@ class EvidenceReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     steps: list[StepCheck]
-    verdict: Literal["correct", "incorrect"]
-    score: float
-
-    @field_validator("verdict", mode="before")
-    @classmethod
-    def _verdict(cls, v: object) -> object:
-        return v.strip().lower() if isinstance(v, str) else v
-
-    @field_validator("score", mode="before")
-    @classmethod
-    def _score(cls, v: object, info: ValidationInfo) -> float:
-        try:
-            return coerce_score(v, _scale(info))
-        except ParseError as exc:
-            raise ValueError(str(exc)) from exc
-
-    @model_validator(mode="after")
-    def _on_scale(self, info: ValidationInfo) -> EvidenceReport:
-        scale = _scale(info)
-        if scale is not None and not scale[0] <= self.score <= scale[1]:
-            raise ValueError(f"score {self.score:g} is outside the scale "
-                             f"{scale[0]:g}..{scale[1]:g}")
-        return self
 
     @property
     def flagged(self) -> list[StepCheck]:

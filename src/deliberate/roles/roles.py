@@ -119,14 +119,13 @@ class Generator(RoleBase):
                                                       tags=tags))
 
 
-class Verdict(BaseModel):
-    """What a judge or critic must return.
+class ScoredVerdict(BaseModel):
+    """A verdict and a score on a declared scale: the core of every judging reply.
 
     Validated with ``context={"scale": (lo, hi)}`` (as :func:`parse_verdict` does),
     the score must lie on the scale and a ratio such as "7/10" must be out of ``hi``.
     """
 
-    critique: str = ""
     verdict: Literal["correct", "incorrect"]
     score: float
 
@@ -144,12 +143,18 @@ class Verdict(BaseModel):
             raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
-    def _on_scale(self, info: ValidationInfo) -> Verdict:
+    def _on_scale(self, info: ValidationInfo) -> ScoredVerdict:
         scale = _scale(info)
         if scale is not None and not scale[0] <= self.score <= scale[1]:
             raise ValueError(f"score {self.score:g} is outside the scale "
                              f"{scale[0]:g}..{scale[1]:g}")
         return self
+
+
+class Verdict(ScoredVerdict):
+    """What a judge or critic must return: a critique beside the verdict and score."""
+
+    critique: str = ""
 
 
 def _scale(info: ValidationInfo) -> tuple[float, float] | None:

@@ -35,19 +35,18 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from deliberate.engine.context import TaskContext
 from deliberate.errors import BudgetExceeded
 from deliberate.models.base import Message
 from deliberate.roles.parsing import (
     ParseError,
-    coerce_score,
     parse_structured,
 )
-from deliberate.roles.roles import Judge, Structured, ask_structured
+from deliberate.roles.roles import Judge, Structured, Verdict, ask_structured
 from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
 from deliberate.strategies.refine import (
     Assessment,
@@ -91,28 +90,10 @@ class Point(BaseModel):
         return v
 
 
-class PointsVerdict(BaseModel):
-    """What a points critic must return."""
+class PointsVerdict(Verdict):
+    """What a points critic must return: a verdict, a score and the points behind them."""
 
-    critique: str = ""
-    verdict: Literal["correct", "incorrect"]
-    score: float
     points: list[Point] = Field(default_factory=list)
-
-    @field_validator("verdict", mode="before")
-    @classmethod
-    def _verdict(cls, v: object) -> object:
-        return v.strip().strip(".!").lower() if isinstance(v, str) else v
-
-    @field_validator("score", mode="before")
-    @classmethod
-    def _score(cls, v: object, info: ValidationInfo) -> float:
-        ctx = info.context
-        scale = ctx.get("scale") if isinstance(ctx, dict) else None
-        try:
-            return coerce_score(v, scale)
-        except ParseError as exc:
-            raise ValueError(str(exc)) from exc
 
     @field_validator("points", mode="before")
     @classmethod
