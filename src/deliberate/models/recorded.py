@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -267,6 +267,49 @@ def match_humaneval_prompt(prompt: str, problems: Sequence[dict[str, Any]]) -> s
     return hits[0] if len(hits) == 1 else None
 
 
+@dataclass(frozen=True, slots=True)
+class CodetRow:
+    """One row of a CodeT file, matched to its HumanEval problem where one matches."""
+
+    row: int
+    task_id: str | None
+    prompt: str  # the HumanEval prompt when matched, else CodeT's own
+    codet_prompt: str
+    samples: list[str]
+    entry_point: str | None
+
+
+def codet_rows(src: str | Path, humaneval: str | Path | None = None,
+               match_text: Callable[[str], str] = lambda p: p) -> Iterator[CodetRow]:
+    """The rows of a CodeT file (code solutions or test cases), validated and matched.
+
+    ``match_text`` turns CodeT's prompt into the text matched against HumanEval's
+    prompts (the test-case file wraps the function prompt in a test preamble).
+    """
+    problems: list[dict[str, Any]] = []
+    if humaneval is not None:
+        problems = [obj for _, obj in _read_jsonl(humaneval)]
+    by_id = {str(p.get("task_id")): p for p in problems}
+    seen: set[str] = set()
+    for row, (lineno, obj) in enumerate(_read_jsonl(src)):
+        where = f"{src}:{lineno}"
+        codet_prompt = _field(obj, "prompt", str, where)
+        samples = _field(obj, "samples", list, where)
+        if not samples or not all(isinstance(x, str) for x in samples):
+            raise DataError(f"{where}: 'samples' must be a non-empty list of strings")
+        task_id = (match_humaneval_prompt(match_text(codet_prompt), problems)
+                   if problems else None)
+        if task_id is None:
+            yield CodetRow(row, None, codet_prompt, codet_prompt, samples, None)
+            continue
+        if task_id in seen:
+            raise DataError(f"{where}: a second CodeT row matches {task_id}")
+        seen.add(task_id)
+        problem = by_id[task_id]
+        yield CodetRow(row, task_id, str(problem["prompt"]), codet_prompt, samples,
+                       problem.get("entry_point"))
+
+
 def codet_samples_to_replay(
     src: str | Path,
     dst: str | Path,
@@ -284,47 +327,29 @@ def codet_samples_to_replay(
     ``correct`` is null (the data has no labels: run the tests). Record meta keeps
     CodeT's prompt (what the model actually saw) and the entry point.
     """
-    problems: list[dict[str, Any]] = []
-    if humaneval is not None:
-        problems = [obj for _, obj in _read_jsonl(humaneval)]
-    by_id = {str(p.get("task_id")): p for p in problems}
-
     def records() -> Iterator[ReplayRecord]:
-        seen: set[str] = set()
-        for row, (lineno, obj) in enumerate(_read_jsonl(src)):
-            where = f"{src}:{lineno}"
-            codet_prompt = _field(obj, "prompt", str, where)
-            samples = _field(obj, "samples", list, where)
-            if not samples or not all(isinstance(s, str) for s in samples):
-                raise DataError(f"{where}: 'samples' must be a non-empty list of strings")
-            task_id = match_humaneval_prompt(codet_prompt, problems) if problems else None
-            if task_id is not None and task_id in seen:
-                raise DataError(f"{where}: a second CodeT row matches {task_id}")
-            prompt = codet_prompt
+        for r in codet_rows(src, humaneval):
             meta: dict[str, Any] = {
                 "source": "microsoft/CodeT HumanEval code_solution (CodeGen-Mono-16B)",
-                "row": row,
+                "row": r.row,
                 "stops": list(stops),
             }
-            if task_id is not None:
-                seen.add(task_id)
-                problem = by_id[task_id]
-                prompt = str(problem["prompt"])
-                meta["codet_prompt"] = codet_prompt
-                meta["entry_point"] = problem.get("entry_point")
+            if r.task_id is not None:
+                meta["codet_prompt"] = r.codet_prompt
+                meta["entry_point"] = r.entry_point
             comps: list[RecordedCompletion] = []
-            for sample in samples:
+            for sample in r.samples:
                 cut = cut_at_stops(sample, stops)
                 comps.append(
                     RecordedCompletion(
-                        text=prompt + cut,
+                        text=r.prompt + cut,
                         correct=None,
                         meta={"truncated": len(cut) < len(sample)},
                     )
                 )
             yield ReplayRecord(
-                task_id=task_id or f"codet-{row}",
-                prompt=prompt,
+                task_id=r.task_id or f"codet-{r.row}",
+                prompt=r.prompt,
                 model="codegen-mono-16b",
                 completions=tuple(comps),
                 meta=meta,

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from deliberate.errors import DataError
-from deliberate.models.recorded import _field, _read_jsonl, match_humaneval_prompt
+from deliberate.models.recorded import codet_rows
 from deliberate.models.replay import RecordedCompletion, ReplayRecord, write_replay
 
 __all__ = ["CODET_TEST_PREFIX", "codet_tests_to_replay"]
@@ -47,38 +46,20 @@ def codet_tests_to_replay(src: str | Path, dst: str | Path,
     HumanEval prompt when matched (else CodeT's); each completion's ``text`` is
     ``"assert " + sample``, the test set as the model wrote it, unlabelled.
     """
-    problems: list[dict[str, Any]] = []
-    if humaneval is not None:
-        problems = [obj for _, obj in _read_jsonl(humaneval)]
-    by_id = {str(p.get("task_id")): p for p in problems}
-
     def records() -> Iterator[ReplayRecord]:
-        seen: set[str] = set()
-        for row, (lineno, obj) in enumerate(_read_jsonl(src)):
-            where = f"{src}:{lineno}"
-            codet_prompt = _field(obj, "prompt", str, where)
-            samples = _field(obj, "samples", list, where)
-            if not samples or not all(isinstance(s, str) for s in samples):
-                raise DataError(f"{where}: 'samples' must be a non-empty list of strings")
-            task_id = (match_humaneval_prompt(_code_prompt(codet_prompt), problems)
-                       if problems else None)
-            if task_id is not None and task_id in seen:
-                raise DataError(f"{where}: a second CodeT row matches {task_id}")
+        for r in codet_rows(src, humaneval, match_text=_code_prompt):
             meta: dict[str, Any] = {
                 "source": "microsoft/CodeT HumanEval test_case (CodeGen-Mono-16B)",
-                "row": row,
-                "codet_prompt": codet_prompt,
+                "row": r.row,
+                "codet_prompt": r.codet_prompt,
             }
-            prompt = codet_prompt
-            if task_id is not None:
-                seen.add(task_id)
-                prompt = str(by_id[task_id]["prompt"])
-                meta["entry_point"] = by_id[task_id].get("entry_point")
+            if r.task_id is not None:
+                meta["entry_point"] = r.entry_point
             yield ReplayRecord(
-                task_id=task_id or f"codet-tests-{row}",
-                prompt=prompt,
+                task_id=r.task_id or f"codet-tests-{r.row}",
+                prompt=r.prompt,
                 model="codegen-mono-16b",
-                completions=tuple(RecordedCompletion(CODET_TEST_PREFIX + s) for s in samples),
+                completions=tuple(RecordedCompletion(CODET_TEST_PREFIX + x) for x in r.samples),
                 meta=meta,
             )
 
