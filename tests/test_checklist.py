@@ -15,6 +15,7 @@ from deliberate.engine.runner import arun
 from deliberate.models.base import ChatRequest
 from deliberate.models.sim import SimModel, SimParams
 from deliberate.models.sim.server import ServerConfig, SimServer
+from deliberate.parsing import ParseError
 from deliberate.roles.checklist import (
     ChecklistAnswerer,
     ChecklistJudge,
@@ -22,7 +23,6 @@ from deliberate.roles.checklist import (
     parse_answers,
     parse_questions,
 )
-from deliberate.roles.parsing import ParseError
 from deliberate.roles.prompts import Prompts
 from deliberate.tasks import load_suite
 

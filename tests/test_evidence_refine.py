@@ -28,6 +28,7 @@ from deliberate.models.sim.math_errors import (
     wrong_math_solution,
 )
 from deliberate.models.sim.server import ServerConfig, SimServer
+from deliberate.parsing import ParseError
 from deliberate.roles.evidence import (
     EvidenceCritic,
     EvidenceRefiner,
@@ -38,7 +39,6 @@ from deliberate.roles.evidence import (
     passages_of,
     reasoning_steps,
 )
-from deliberate.roles.parsing import ParseError
 from deliberate.roles.prompts import Prompts
 from deliberate.strategies.base import build_strategy
 from deliberate.tasks import load_suite

@@ -19,7 +19,7 @@ from deliberate.models.base import ChatRequest
 from deliberate.models.sim import SimModel, SimParams
 from deliberate.models.sim.math_errors import wrong_math_solution
 from deliberate.models.sim.server import ServerConfig, SimServer
-from deliberate.roles.parsing import ParseError
+from deliberate.parsing import ParseError
 from deliberate.roles.prompts import Prompts
 from deliberate.strategies.multi_critic import (
     DEFAULT_PERSONAS,

@@ -16,6 +16,7 @@ from deliberate.engine.runner import arun
 from deliberate.models.base import ChatRequest
 from deliberate.models.sim import SimModel, SimParams
 from deliberate.models.sim.server import ServerConfig, SimServer
+from deliberate.parsing import ParseError
 from deliberate.roles.pairwise import (
     Outcome,
     PairwiseJudge,
@@ -23,7 +24,6 @@ from deliberate.roles.pairwise import (
     parse_pair_verdict,
     round_robin,
 )
-from deliberate.roles.parsing import ParseError
 from deliberate.roles.prompts import Prompts
 from deliberate.tasks import load_suite
 

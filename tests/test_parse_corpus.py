@@ -19,7 +19,7 @@ from deliberate import FunctionModel, RunConfig, Store, Suite, Task
 from deliberate.config import RoleConfig
 from deliberate.engine.runner import arun
 from deliberate.models.base import ChatRequest
-from deliberate.roles.parsing import ParseError, parse_structured
+from deliberate.parsing import ParseError, parse_structured
 from deliberate.roles.prompts import Prompts
 from deliberate.roles.roles import Judge, parse_verdict
 

@@ -13,7 +13,7 @@ from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, ModelPr
 from deliberate.models.registry import build_model
 from deliberate.models.sim import SimParams
 from deliberate.models.sim.server import ServerConfig, SimServer
-from deliberate.roles.parsing import (
+from deliberate.parsing import (
     ParseError,
     coerce_score,
     extract_json_array,

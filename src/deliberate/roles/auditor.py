@@ -11,7 +11,7 @@
   never by list position (the original matched by position, which silently shifts
   every score when the critic skips or reorders one).
 
-Both parse robustly (:mod:`deliberate.roles.parsing`), ask once more showing the
+Both parse robustly (:mod:`deliberate.parsing`), ask once more showing the
 problem, and then record the failure: a finding the critic did not score has no
 score, never a default one.
 
@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deliberate.models.base import ChatRequest, ChatResponse, Message
-from deliberate.roles.parsing import (
+from deliberate.parsing import (
     ParseError,
     coerce_score,
     describe_validation_error,

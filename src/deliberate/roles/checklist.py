@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from deliberate.models.base import Message
-from deliberate.roles.parsing import (
+from deliberate.parsing import (
     ParseError,
     describe_validation_error,
     extract_json_array,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from deliberate.errors import DataError
 from deliberate.models.base import ChatResponse, Message
-from deliberate.roles.parsing import (
+from deliberate.parsing import (
     ParseError,
     parse_structured,
 )

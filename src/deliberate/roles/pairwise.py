@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, field_validator
 
 from deliberate.models.base import Message
-from deliberate.roles.parsing import parse_structured
+from deliberate.parsing import parse_structured
 from deliberate.roles.roles import RoleBase, Structured, ask_structured
 from deliberate.tasks.task import Task
 

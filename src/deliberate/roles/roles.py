@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 
 from deliberate.config import RoleConfig
 from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, Message
-from deliberate.roles.parsing import ParseError, coerce_score, json_schema_format, parse_structured
+from deliberate.parsing import ParseError, coerce_score, json_schema_format, parse_structured
 from deliberate.roles.prompts import Prompts
 from deliberate.tasks.task import Task
 

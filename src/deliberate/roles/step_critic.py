@@ -25,7 +25,7 @@ from typing import ClassVar
 from pydantic import BaseModel, field_validator
 
 from deliberate.models.base import Message
-from deliberate.roles.parsing import ParseError, parse_structured
+from deliberate.parsing import ParseError, parse_structured
 from deliberate.roles.roles import RoleBase, ask_structured
 from deliberate.tasks.task import Task
 

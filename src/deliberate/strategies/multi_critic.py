@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from deliberate.engine.context import TaskContext
 from deliberate.errors import BudgetExceeded
 from deliberate.models.base import Message
-from deliberate.roles.parsing import (
+from deliberate.parsing import (
     ParseError,
     parse_structured,
 )

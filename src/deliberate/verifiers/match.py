@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deliberate.errors import ConfigError
-from deliberate.roles.parsing import json_values
+from deliberate.parsing import json_values
 from deliberate.tasks.task import Task
 from deliberate.verifiers.answer import normalise_number
 from deliberate.verifiers.base import VerifierResult
