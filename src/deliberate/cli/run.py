@@ -39,7 +39,7 @@ def build_config(
 def run_cmd(
     config_file: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config; flags override it")] = None,
     suite: Annotated[str | None, typer.Option(help="built-in suite name or SCHEME:PATH (see README)")] = None,
-    strategy: Annotated[str | None, typer.Option("--strategy", "-s", help="best_of_n, self_consistency, …")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", "-s", help="strategy name (list them: deliberate strategies)")] = None,
     n: Annotated[int | None, typer.Option("--n", "-n", help="candidates per task (strategy's n)")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="strategy parameter KEY=VALUE (repeatable)")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="model string, e.g. openai:gpt-4o-mini (default: sim unless an endpoint is configured)")] = None,
