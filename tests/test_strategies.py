@@ -154,3 +154,16 @@ async def test_prompt_templates_can_be_replaced_per_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         await arun(cfg(tmp_path, prompts_dir=str(tmp_path / "nowhere")),
                    models={"scripted": FunctionModel(script)}, suite=SUITE)
+
+
+async def test_candidate_grading_can_be_turned_off(tmp_path: Path) -> None:
+    model = FunctionModel(lambda r, i: f"Answer: {4 if i == 2 else 5}")
+    res = await arun(cfg(tmp_path, strategy="self_consistency", strategy_params={"n": 3},
+                         limit=1, grade_candidates=False),
+                     models={"scripted": model}, suite=SUITE)
+    assert res.attempts[0].correct is False and "candidates" not in res.attempts[0].stats
+    assert res.summary["sample_accuracy"] is None
+    res = await arun(cfg(tmp_path, strategy="self_consistency", strategy_params={"n": 3},
+                         limit=1), models={"scripted": model}, suite=SUITE)
+    assert res.attempts[0].stats["candidates_correct"] == 1
+    assert res.summary["oracle_accuracy"] == 1.0

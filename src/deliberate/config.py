@@ -81,6 +81,10 @@ class RunConfig(_Frozen):
     verifier: str = Field(
         "auto", description="grading verifier spec (docs/verifiers.md); auto picks by task kind"
     )
+    grade_candidates: bool = Field(
+        True, description="also grade every candidate (sample and oracle accuracy); "
+        "turn off where grading is costly, e.g. running many programs' tests"
+    )
     task_budget: BudgetConfig = BudgetConfig()
     run_budget: BudgetConfig = BudgetConfig()
     seed: int = 0

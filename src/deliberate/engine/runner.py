@@ -299,16 +299,17 @@ class Engine:
 
     @staticmethod
     async def _grade(tree: TaskTree, grader: Verifier, result: StrategyResult,
-                     attempt: AttemptRecord) -> None:
+                     attempt: AttemptRecord, *, grade_all: bool) -> None:
         """Grade the chosen answer and, for the record, every candidate the strategy made.
 
         Candidate grades give the sample accuracy and the oracle (any candidate
         right) beside the strategy's own accuracy, at no model cost.
         """
         graded: dict[str, VerifierResult] = {}
-        for node in list(tree.nodes.values()):
-            if node.role in CANDIDATE_ROLES and node.text:
-                graded[node.id] = await _grade_node(tree, grader, node)
+        if grade_all:
+            for node in list(tree.nodes.values()):
+                if node.role in CANDIDATE_ROLES and node.text:
+                    graded[node.id] = await _grade_node(tree, grader, node)
         if result.node is None:
             attempt.correct = False
             return
@@ -386,7 +387,8 @@ class Engine:
             attempt.final_node_id = result.node.id if result.node else None
             attempt.answer = result.answer
             if grader is not None:
-                await self._grade(tree, grader, result, attempt)
+                await self._grade(tree, grader, result, attempt,
+                                  grade_all=cfg.grade_candidates)
             attempt.status = "budget_limited" if ledger.limited else "done"
             if result.note:
                 attempt.stats["note"] = result.note
