@@ -164,7 +164,7 @@ def _print_result(result: RunResult) -> None:
         t.add_row("false positives per task", f"{det['fp_per_task']:.2f}")
     t.add_row("tokens (prompt + completion)",
               f"{s['prompt_tokens']:,} + {s['completion_tokens']:,}")
-    t.add_row("model calls (paid / cached)", f"{s['calls']} ({s['paid_calls']} / "
+    t.add_row("model calls (paid / reused)", f"{s['calls']} ({s['paid_calls']} / "
                                              f"{s['cached_calls']})")
     t.add_row("cost", f"${s['cost']:.4f}")
     t.add_row("wall time", f"{s.get('wall_s', 0):.1f} s")
