@@ -423,3 +423,15 @@ def test_sim_ranks_right_before_wrong() -> None:
     wrong = f"Answer: {int(str(task.answer)) + 3}"
     req = role.request(role.messages(task, [wrong, f"Answer: {task.answer}", wrong]))
     assert parse_ranking(sim.respond(req).texts[0], 3).ranking == [2, 1, 3]
+
+
+async def test_search_statistics_are_recorded_on_the_attempt(tmp_path: Path) -> None:
+    from deliberate import RunConfig
+    from deliberate.engine.runner import arun
+
+    res = await arun(RunConfig(suite="arithmetic", limit=1, strategy="mcts",
+                               strategy_params={"iterations": 3}, model="sim", cache=False,
+                               store=str(tmp_path / "s.db")))
+    search = res.attempts[0].stats["search"]
+    assert search["iterations"] >= 1 and search["stopped_by"]
+    assert res.attempts[0].stats["nodes"] > 1

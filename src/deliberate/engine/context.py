@@ -193,6 +193,8 @@ class TaskContext:
     roles: RoleFactory
     scoring_verifier: Verifier | None = None
     notes: list[str] = field(default_factory=list)
+    # What the strategy wants recorded on the task attempt (e.g. search statistics).
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def rng(self, *parts: object) -> random.Random:
         """A private random stream for one decision of the strategy."""

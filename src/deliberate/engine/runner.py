@@ -401,6 +401,9 @@ class Engine:
         attempt.cost = ledger.cost
         attempt.latency_s = ledger.latency_s
         attempt.stats.update(tree.stats())
+        attempt.stats.update(ctx.stats)
+        if ctx.notes:
+            attempt.stats["notes"] = list(ctx.notes)
         attempt.stats["calls_per_node"] = ledger.calls / max(1, len(tree.nodes) - 1)
         attempt.stats["paid_calls"] = ledger.paid_calls
         attempt.stats["cached_calls"] = ledger.cached_calls

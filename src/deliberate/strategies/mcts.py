@@ -422,6 +422,9 @@ async def finish_search(ctx: TaskContext, cands: list[NodeRecord], stats: Search
     """
     ctx.notes.append(f"search: {stats.iterations} iterations, {stats.expansions} expansions, "
                      f"{stats.evaluations} evaluations, stopped by {stats.stopped_by}")
+    ctx.stats["search"] = {"iterations": stats.iterations, "expansions": stats.expansions,
+                           "evaluations": stats.evaluations, "stopped_by": stats.stopped_by,
+                           **stats.extra}
     if not cands:
         kids = [n for n in ctx.tree.nodes.values() if n.parent_id is not None]
         if not kids:
