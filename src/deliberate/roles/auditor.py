@@ -40,7 +40,7 @@ from deliberate.parsing import (
     parse_structured,
     strict_json_schema,
 )
-from deliberate.roles.roles import RoleBase
+from deliberate.roles.roles import RoleBase, node_tags
 from deliberate.tasks.smartbugs import strip_comments
 from deliberate.tasks.task import Task
 
@@ -303,10 +303,7 @@ class Auditor(RoleBase):
 
     def messages(self, task: Task) -> tuple[Message, ...]:
         ctx = {"task": task, "source": self.source(task), "top_k": self.top_k}
-        return (
-            Message("system", self.prompts.render("auditor_system.j2", **ctx)),
-            Message("user", self.prompts.render("auditor_user.j2", **ctx)),
-        )
+        return self.chat("auditor", **ctx)
 
     def _request(self, messages: tuple[Message, ...], *, n: int = 1, offset: int = 0,
                  tags: dict[str, str]) -> ChatRequest:
@@ -321,9 +318,7 @@ class Auditor(RoleBase):
     async def audit(self, task: Task, n: int, *, offset: int = 0,
                     node_id: str | None = None) -> ChatResponse:
         """``n`` auditors as ``n`` samples of one request."""
-        tags = {"role": "auditor"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("auditor", node_id)
         return await self.model.complete(
             self._request(self.messages(task), n=n, offset=offset, tags=tags))
 
@@ -333,9 +328,7 @@ class Auditor(RoleBase):
         try:
             return AuditReading(parse_findings(text, self.top_k), text)
         except ParseError as first:
-            tags = {"role": "auditor", "repair": "1"}
-            if node_id:
-                tags["node"] = node_id
+            tags = {**node_tags("auditor", node_id), "repair": "1"}
             repair = (
                 *self.messages(task),
                 Message("assistant", text),
@@ -381,10 +374,7 @@ class FindingCritic(RoleBase):
             "scale_min": f"{SCORE_SCALE[0]:g}",
             "scale_max": f"{SCORE_SCALE[1]:g}",
         }
-        return (
-            Message("system", self.prompts.render("finding_critic_system.j2", **ctx)),
-            Message("user", self.prompts.render("finding_critic_user.j2", **ctx)),
-        )
+        return self.chat("finding_critic", **ctx)
 
     def _request(self, messages: tuple[Message, ...], ids: Sequence[str],
                  tags: dict[str, str]) -> ChatRequest:
@@ -402,9 +392,7 @@ class FindingCritic(RoleBase):
         """Scores for ``findings`` (id → finding), with one repair request for any id the
         reply left out or got wrong; what is still missing after it stays unscored."""
         ids = list(findings)
-        tags = {"role": "critic"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("critic", node_id)
         messages = self.messages(task, findings)
         resp = await self.model.complete(self._request(messages, ids, tags))
         text = resp.texts[0] if resp.completions else ""

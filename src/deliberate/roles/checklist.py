@@ -27,7 +27,7 @@ from deliberate.parsing import (
     json_values,
     parse_structured,
 )
-from deliberate.roles.roles import RoleBase, Structured, ask_structured
+from deliberate.roles.roles import RoleBase, Structured, ask_structured, node_tags
 from deliberate.tasks.task import Task
 
 MAX_QUESTIONS = 20
@@ -85,15 +85,10 @@ class ChecklistWriter(RoleBase):
                            'question>", ...]}.')
 
     def messages(self, task: Task) -> tuple[Message, ...]:
-        return (
-            Message("system", self.prompts.render("checklist_writer_system.j2", task=task)),
-            Message("user", self.prompts.render("checklist_writer_user.j2", task=task)),
-        )
+        return self.chat("checklist_writer", task=task)
 
     async def write(self, task: Task, *, node_id: str | None = None) -> Structured[list[str]]:
-        tags = {"role": "checklist_writer"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("checklist_writer", node_id)
         return await ask_structured(self, self.messages(task), parse_questions, tags=tags,
                                     hint=self.hint,
                                     response_format=self.schema_format("checklist_questions", ChecklistQuestions))
@@ -204,16 +199,11 @@ class ChecklistAnswerer(RoleBase):
 
     def messages(self, task: Task, questions: list[str], candidate: str) -> tuple[Message, ...]:
         ctx = {"task": task, "questions": questions, "candidate": candidate}
-        return (
-            Message("system", self.prompts.render("checklist_answer_system.j2", **ctx)),
-            Message("user", self.prompts.render("checklist_answer_user.j2", **ctx)),
-        )
+        return self.chat("checklist_answer", **ctx)
 
     async def answer(self, task: Task, questions: list[str], candidate: str, *,
                      node_id: str | None = None, sample: int = 0) -> ChecklistScore:
-        tags = {"role": "checklist_judge"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("checklist_judge", node_id)
         reply = await ask_structured(
             self, self.messages(task, questions, candidate),
             lambda text: parse_answers(text, questions), tags=tags, sample=sample,

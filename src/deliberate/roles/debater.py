@@ -14,25 +14,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deliberate.models.base import ChatResponse, Message
-from deliberate.roles.roles import RoleBase
+from deliberate.roles.roles import RoleBase, node_tags
 from deliberate.tasks.task import Task
 
 
 @dataclass(frozen=True, slots=True)
 class Debater(RoleBase):
     def first_messages(self, task: Task) -> tuple[Message, ...]:
-        return (
-            Message("system", self.prompts.render("generator_system.j2", task=task)),
-            Message("user", self.prompts.render("generator_user.j2", task=task)),
-        )
+        return self.chat("generator", task=task)
 
     def revise_messages(self, task: Task, own: str, others: Sequence[str]
                         ) -> tuple[Message, ...]:
         ctx = {"task": task, "own": own, "others": list(others)}
-        return (
-            Message("system", self.prompts.render("debater_system.j2", **ctx)),
-            Message("user", self.prompts.render("debater_user.j2", **ctx)),
-        )
+        return self.chat("debater", **ctx)
 
     async def answer(self, task: Task, n: int = 1, *, offset: int = 0,
                      node_id: str | None = None) -> ChatResponse:
@@ -52,7 +46,5 @@ class Debater(RoleBase):
 
 
 def _tags(round: str, node_id: str | None) -> dict[str, str]:
-    tags = {"role": "debater", "round": round}
-    if node_id:
-        tags["node"] = node_id
+    tags = {**node_tags("debater", node_id), "round": round}
     return tags

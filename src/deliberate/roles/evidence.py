@@ -34,7 +34,7 @@ from deliberate.parsing import (
     ParseError,
     parse_structured,
 )
-from deliberate.roles.roles import Generator, RoleBase, ScoredVerdict, ask_structured
+from deliberate.roles.roles import Generator, RoleBase, ScoredVerdict, ask_structured, node_tags
 from deliberate.tasks.task import Task
 
 __all__ = [
@@ -294,10 +294,7 @@ class EvidenceGenerator(Generator):
 
     def messages(self, task: Task) -> tuple[Message, ...]:
         ctx = {"task": task, "passages": _passages_ctx(self.passages)}
-        return (
-            Message("system", self.prompts.render("evidence_generator_system.j2", **ctx)),
-            Message("user", self.prompts.render("evidence_generator_user.j2", **ctx)),
-        )
+        return self.chat("evidence_generator", **ctx)
 
 
 @dataclass(slots=True)
@@ -323,10 +320,7 @@ class EvidenceCritic(RoleBase):
         ctx = {"task": task, "passages": _passages_ctx(self.passages),
                "steps": reasoning_steps(reasoning),
                "scale_min": f"{self.scale[0]:g}", "scale_max": f"{self.scale[1]:g}"}
-        return (
-            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
-            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
-        )
+        return self.chat(self.template, **ctx)
 
     def response_format(self) -> dict[str, Any] | None:
         """The report's JSON schema where the model's profile says it can honour one."""
@@ -338,9 +332,7 @@ class EvidenceCritic(RoleBase):
     async def check(self, task: Task, reasoning: str, *, node_id: str | None = None,
                     sample: int = 0) -> EvidenceResult:
         """One report on ``reasoning``; one repair request if the reply cannot be read."""
-        tags = {"role": "critic"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("critic", node_id)
         n_steps = len(reasoning_steps(reasoning))
         res = await ask_structured(
             self, self.messages(task, reasoning), lambda t: self._parse(t, n_steps), tags=tags,
@@ -361,16 +353,11 @@ class EvidenceRefiner(RoleBase):
         ctx = {"task": task, "passages": _passages_ctx(self.passages),
                "steps": reasoning_steps(reasoning), "report": report,
                "critique": critique_text(report)}
-        return (
-            Message("system", self.prompts.render("evidence_refiner_system.j2", **ctx)),
-            Message("user", self.prompts.render("evidence_refiner_user.j2", **ctx)),
-        )
+        return self.chat("evidence_refiner", **ctx)
 
     async def refine(self, task: Task, reasoning: str, report: EvidenceReport, *,
                      node_id: str | None = None, sample: int = 0) -> ChatResponse:
-        tags = {"role": "refiner"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("refiner", node_id)
         return await self.model.complete(
             self.request(self.messages(task, reasoning, report), offset=sample, tags=tags)
         )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, field_validator
 
 from deliberate.models.base import Message
 from deliberate.parsing import parse_structured
-from deliberate.roles.roles import RoleBase, Structured, ask_structured
+from deliberate.roles.roles import RoleBase, Structured, ask_structured, node_tags
 from deliberate.tasks.task import Task
 
 Position = Literal["A", "B", "tie"]
@@ -124,17 +124,12 @@ class PairwiseJudge(RoleBase):
 
     def messages(self, task: Task, a: str, b: str) -> tuple[Message, ...]:
         ctx = {"task": task, "candidate_a": a, "candidate_b": b}
-        return (
-            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
-            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
-        )
+        return self.chat(self.template, **ctx)
 
     async def ask(self, task: Task | str, a: str, b: str, *, node_id: str | None = None,
                   sample: int = 0) -> Structured[PairVerdict]:
         """One order only: ``a`` shown first (position A)."""
-        tags = {"role": "pairwise_judge"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("pairwise_judge", node_id)
         return await ask_structured(
             self, self.messages(as_task(task), a, b), parse_pair_verdict, tags=tags,
             sample=sample, hint=self.hint, response_format=self.schema_format("pairwise_verdict", PairVerdict))

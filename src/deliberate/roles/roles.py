@@ -45,6 +45,14 @@ class RoleBase:
         )
 
 
+    def chat(self, template: str, **context: Any) -> tuple[Message, ...]:
+        """The system and user messages of ``template`` (``<template>_system.j2`` and
+        ``<template>_user.j2``), rendered with ``context``."""
+        return (
+            Message("system", self.prompts.render(f"{template}_system.j2", **context)),
+            Message("user", self.prompts.render(f"{template}_user.j2", **context)),
+        )
+
     def schema_format(self, name: str, model: type[BaseModel]) -> dict[str, Any] | None:
         """A JSON-schema response format for ``model`` where this role's backend honours one."""
         if self.model.profile.supports_json_schema:
@@ -53,6 +61,11 @@ class RoleBase:
 
 
 T = TypeVar("T")
+
+
+def node_tags(role: str, node_id: str | None = None) -> dict[str, str]:
+    """The record tags of a call: which role asks, and for which node."""
+    return {"role": role, "node": node_id} if node_id else {"role": role}
 
 
 @dataclass(slots=True)
@@ -105,16 +118,11 @@ class Generator(RoleBase):
     """Proposes whole candidate solutions."""
 
     def messages(self, task: Task) -> tuple[Message, ...]:
-        return (
-            Message("system", self.prompts.render("generator_system.j2", task=task)),
-            Message("user", self.prompts.render("generator_user.j2", task=task)),
-        )
+        return self.chat("generator", task=task)
 
     async def generate(self, task: Task, n: int, *, offset: int = 0,
                        node_id: str | None = None) -> ChatResponse:
-        tags = {"role": "generator"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("generator", node_id)
         return await self.model.complete(self.request(self.messages(task), n=n, offset=offset,
                                                       tags=tags))
 
@@ -200,16 +208,11 @@ class Judge(RoleBase):
     def messages(self, task: Task, candidate: str) -> tuple[Message, ...]:
         ctx = {"task": task, "candidate": candidate,
                "scale_min": _fmt(self.scale[0]), "scale_max": _fmt(self.scale[1])}
-        return (
-            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
-            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
-        )
+        return self.chat(self.template, **ctx)
 
     async def judge(self, task: Task, candidate: str, *, node_id: str | None = None,
                     sample: int = 0) -> JudgeResult:
-        tags = {"role": self.template}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags(self.template, node_id)
         lo, hi = _fmt(self.scale[0]), _fmt(self.scale[1])
         res = await ask_structured(
             self, self.messages(task, candidate), lambda t: parse_verdict(t, self.scale),
@@ -229,16 +232,11 @@ class Refiner(RoleBase):
 
     def messages(self, task: Task, candidate: str, critique: str) -> tuple[Message, ...]:
         ctx = {"task": task, "candidate": candidate, "critique": critique}
-        return (
-            Message("system", self.prompts.render("refiner_system.j2", **ctx)),
-            Message("user", self.prompts.render("refiner_user.j2", **ctx)),
-        )
+        return self.chat("refiner", **ctx)
 
     async def refine(self, task: Task, candidate: str, critique: str, *,
                      node_id: str | None = None, sample: int = 0) -> ChatResponse:
-        tags = {"role": "refiner"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("refiner", node_id)
         return await self.model.complete(
             self.request(self.messages(task, candidate, critique), offset=sample, tags=tags)
         )

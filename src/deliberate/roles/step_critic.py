@@ -26,7 +26,7 @@ from pydantic import BaseModel, field_validator
 
 from deliberate.models.base import Message
 from deliberate.parsing import ParseError, parse_structured
-from deliberate.roles.roles import RoleBase, ask_structured
+from deliberate.roles.roles import RoleBase, ask_structured, node_tags
 from deliberate.tasks.task import Task
 
 NO_ERROR = -1
@@ -144,10 +144,7 @@ class StepCritic(RoleBase):
 
     def messages(self, task: Task, steps: Sequence[str]) -> tuple[Message, ...]:
         ctx = {"task": task, "steps": list(steps)}
-        return (
-            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
-            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
-        )
+        return self.chat(self.template, **ctx)
 
     async def review(self, task: Task, solution: str | Sequence[str], *,
                      node_id: str | None = None, sample: int = 0) -> StepReview:
@@ -155,9 +152,7 @@ class StepCritic(RoleBase):
         steps = split_steps(solution) if isinstance(solution, str) else list(solution)
         if not steps:
             return StepReview(steps, None, "", error="the solution has no steps")
-        tags = {"role": self.template}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags(self.template, node_id)
 
         res = await ask_structured(
             self, self.messages(task, steps),

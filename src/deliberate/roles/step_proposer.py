@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from deliberate.models.base import ChatResponse, Message
-from deliberate.roles.roles import RoleBase
+from deliberate.roles.roles import RoleBase, node_tags
 from deliberate.tasks.task import Task
 
 
@@ -27,17 +27,12 @@ class StepProposer(RoleBase):
                  siblings: Sequence[str] = ()) -> tuple[Message, ...]:
         ctx = {"task": task, "steps": list(steps), "advice": list(advice),
                "siblings": list(siblings)}
-        return (
-            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
-            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
-        )
+        return self.chat(self.template, **ctx)
 
     async def propose(self, task: Task, steps: Sequence[str], n: int, *, offset: int = 0,
                       node_id: str | None = None, advice: Sequence[str] = (),
                       siblings: Sequence[str] = ()) -> ChatResponse:
         """``n`` sampled next steps in one request (may raise BudgetExceeded)."""
-        tags = {"role": self.template}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags(self.template, node_id)
         msgs = self.messages(task, steps, advice=advice, siblings=siblings)
         return await self.model.complete(self.request(msgs, n=n, offset=offset, tags=tags))

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 
 from deliberate.models.base import ChatResponse, Message
-from deliberate.roles.roles import RoleBase
+from deliberate.roles.roles import RoleBase, node_tags
 from deliberate.tasks.task import Task
 
 __all__ = ["TestWriter", "parse_tests"]
@@ -126,17 +126,12 @@ class TestWriter(RoleBase):
 
     def messages(self, task: Task) -> tuple[Message, ...]:
         ctx = {"task": task, "max_tests": self.max_tests}
-        return (
-            Message("system", self.prompts.render("test_writer_system.j2", **ctx)),
-            Message("user", self.prompts.render("test_writer_user.j2", **ctx)),
-        )
+        return self.chat("test_writer", **ctx)
 
     async def write_tests(self, task: Task, n: int, *, offset: int = 0,
                           node_id: str | None = None) -> ChatResponse:
         """``n`` test sets in one request (samples ``offset .. offset + n - 1``)."""
-        tags = {"role": "test_writer"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("test_writer", node_id)
         return await self.model.complete(
             self.request(self.messages(task), n=n, offset=offset, tags=tags))
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationInfo, field_validator
 
 from deliberate.models.base import Message
 from deliberate.parsing import ParseError, coerce_score, parse_structured
-from deliberate.roles.roles import RoleBase, Structured, ask_structured
+from deliberate.roles.roles import RoleBase, Structured, ask_structured, node_tags
 from deliberate.tasks.task import Task
 
 
@@ -63,16 +63,11 @@ class ValueRole(RoleBase):
         ctx: dict[str, Any] = {"task": task, "candidate": candidate,
                                "scale_min": f"{self.scale[0]:g}",
                                "scale_max": f"{self.scale[1]:g}"}
-        return (
-            Message("system", self.prompts.render("value_system.j2", **ctx)),
-            Message("user", self.prompts.render("value_user.j2", **ctx)),
-        )
+        return self.chat("value", **ctx)
 
     async def value(self, task: Task, candidate: str, *, node_id: str | None = None,
                     sample: int = 0) -> Structured[ValueReply]:
-        tags = {"role": "value"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("value", node_id)
         lo, hi = f"{self.scale[0]:g}", f"{self.scale[1]:g}"
         return await ask_structured(
             self, self.messages(task, candidate), lambda t: parse_value(t, self.scale),
@@ -113,16 +108,11 @@ class ActionRanker(RoleBase):
 
     def messages(self, task: Task, candidates: list[str]) -> tuple[Message, ...]:
         ctx: dict[str, Any] = {"task": task, "candidates": candidates}
-        return (
-            Message("system", self.prompts.render("rank_actions_system.j2", **ctx)),
-            Message("user", self.prompts.render("rank_actions_user.j2", **ctx)),
-        )
+        return self.chat("rank_actions", **ctx)
 
     async def rank(self, task: Task, candidates: list[str], *,
                    node_id: str | None = None) -> Structured[Ranking]:
-        tags = {"role": "rank_actions"}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags("rank_actions", node_id)
         n = len(candidates)
         return await ask_structured(
             self, self.messages(task, candidates), lambda t: parse_ranking(t, n), tags=tags,

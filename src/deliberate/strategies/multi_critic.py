@@ -46,7 +46,7 @@ from deliberate.parsing import (
     ParseError,
     parse_structured,
 )
-from deliberate.roles.roles import Judge, Structured, Verdict, ask_structured
+from deliberate.roles.roles import Judge, Structured, Verdict, ask_structured, node_tags
 from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
 from deliberate.strategies.refine import (
     Assessment,
@@ -123,16 +123,11 @@ class PointsCritic(Judge):
     def messages(self, task: Task, candidate: str) -> tuple[Message, ...]:
         ctx = {"task": task, "candidate": candidate, "persona": self.persona,
                "scale_min": f"{self.scale[0]:g}", "scale_max": f"{self.scale[1]:g}"}
-        return (
-            Message("system", self.prompts.render(f"{self.template}_system.j2", **ctx)),
-            Message("user", self.prompts.render(f"{self.template}_user.j2", **ctx)),
-        )
+        return self.chat(self.template, **ctx)
 
     async def critique(self, task: Task, candidate: str, *, node_id: str | None = None,
                        sample: int = 0) -> Structured[PointsVerdict]:
-        tags = {"role": self.template}
-        if node_id:
-            tags["node"] = node_id
+        tags = node_tags(self.template, node_id)
 
         lo, hi = self.scale
         return await ask_structured(

@@ -66,10 +66,7 @@ class MemoryRefiner(Refiner):
             return Refiner.messages(self, task, candidate, critique)
         ctx = {"task": task, "candidate": candidate, "critique": critique,
                "memory": list(self.memory)}
-        return (
-            Message("system", self.prompts.render("refiner_memory_system.j2", **ctx)),
-            Message("user", self.prompts.render("refiner_memory_user.j2", **ctx)),
-        )
+        return self.chat("refiner_memory", **ctx)
 
     async def refine_with(self, task: Task, candidate: str, critique: str,
                           memory: Sequence[str] = (), *, node_id: str | None = None,
