@@ -199,3 +199,44 @@ def test_models_and_strategies_commands(clean_env: Path) -> None:
     assert r.returncode == 0
     for name in ("best_of_n", "self_consistency"):
         assert name in r.stdout
+
+
+def test_killed_mcts_search_resumes_to_the_same_tree(tmp_path: Path, clean_env: Path) -> None:
+    """The tree in the store is the search state: a SIGKILLed search continues from it."""
+    suite = load_suite("arithmetic")
+    args = ["--strategy", "mcts", "-p", "iterations=4", "--limit", "12", "--concurrency", "2",
+            "--no-cache", "--seed", "3"]
+    with SimServer(suite, SimParams(latency_ms=10), ServerConfig()) as srv:
+        model = ["--model", f"openai:sim@{srv.base_url}"]
+        base = tmp_path / "whole.db"
+        r = cli("run", *args, *model, "--store", str(base), "--run-id", "whole",
+                env_home=clean_env)
+        assert r.returncode == 0, r.stderr
+        whole_requests = httpx.get(srv.url + "/stats").json()["completed"]
+        httpx.post(srv.url + "/stats/reset")
+        db = tmp_path / "killed.db"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DELIBERATE_"))}
+        env["DELIBERATE_HOME"] = str(clean_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deliberate", "run", *args, *model, "--store", str(db),
+             "--run-id", "broken"], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while _done_tasks(db, "broken") < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert 3 <= _done_tasks(db, "broken") < 12, "the kill must land mid-run"
+        r = cli("run", "--resume", "broken", "--store", str(db), env_home=clean_env)
+        assert r.returncode == 0, r.stderr
+        total_requests = httpx.get(srv.url + "/stats").json()["completed"]
+    assert _answers(db, "broken") == _answers(base, "whole")
+    assert _tree_shape(db, "broken") == _tree_shape(base, "whole")
+    with sqlite3.connect(db) as a, sqlite3.connect(base) as b:
+        q = ("SELECT task_id, operator, visits, round(value, 9) FROM nodes WHERE run_id=? "
+             "ORDER BY task_id, operator, visits, value")
+        assert a.execute(q, ("broken",)).fetchall() == b.execute(q, ("whole",)).fetchall()
+    assert _paid_calls(db, "broken") == _paid_calls(base, "whole") == whole_requests
+    # calls in flight at the kill (never answered) are the only ones asked twice:
+    # at most 2 tasks × (k=3 refinements + 3 values) in flight
+    assert whole_requests <= total_requests <= whole_requests + 12
