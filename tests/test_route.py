@@ -333,3 +333,17 @@ def test_route_from_the_command_line(tmp_path: Path, clean_env: Path) -> None:
             "--limit", "3", env_home=clean_env)
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and "route" in r.stdout
+
+
+def test_sim_step_critic_judges_a_correct_partial_solution_right_so_far() -> None:
+    from deliberate.models.sim.core import SimModel
+    from deliberate.models.sim.handlers.step_critic import true_first_wrong
+    from deliberate.tasks import load_suite
+
+    suite = load_suite("arithmetic")
+    task = suite.get("arith-02")
+    behaviour = SimModel(suite)._behaviours[task.id]
+    first = "After giving some away: 35 - 12 = 23."
+    assert true_first_wrong(task, behaviour, [first])[0] == -1
+    assert true_first_wrong(task, behaviour, ["After giving some away: 35 - 12 = 22."])[0] == 1
+    assert true_first_wrong(task, behaviour, [first, "Answer: 23"])[0] == 2

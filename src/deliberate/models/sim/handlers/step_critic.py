@@ -25,6 +25,7 @@ from deliberate.tasks.task import Task
 _BLOCK = re.compile(r"<numbered_steps>(.*)</numbered_steps>", re.DOTALL)
 _STEP = re.compile(r'<step n="(\d+)">\n?(.*?)\n?</step>', re.DOTALL)
 _FENCE_LINE = re.compile(r"^\s*```")
+_FINAL = re.compile(r"(?im)^\s*(?:answer\s*:|####)|\\boxed\{")
 
 
 def read_steps(text: str) -> list[str]:
@@ -62,6 +63,8 @@ def true_first_wrong(task: Task, behaviour: Behaviour, steps: list[str]) -> tupl
             line, sentence = found
             step = lines[line - 1][0]
             return step, sentence.replace(f"Step {line} ", f"Step {step} ", 1)
+        if not _FINAL.search(text):
+            return -1, ""  # a partial solution whose every line agrees with the reference
     elif not right and task.solution:
         ref = {ln.strip() for ln in task.solution.splitlines() if ln.strip()}
         code = {ln.strip() for ln in extract_code(text).splitlines()} if task.kind == "code" else None
