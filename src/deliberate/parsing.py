@@ -318,3 +318,22 @@ def json_schema_format(name: str, model: type[BaseModel]) -> dict[str, Any]:
     """A ``response_format`` asking the endpoint for JSON that fits ``model``."""
     return {"type": "json_schema",
             "json_schema": {"name": name, "schema": strict_json_schema(model), "strict": True}}
+
+
+def coerce_step_number(value: Any, *, allow_negative: bool = False) -> Any:
+    """A step number as models write it (3, 3.0, "3", "Step 3"); -1 only if allowed.
+
+    Other values pass through for pydantic to reject with its own message.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a step number, not true/false")
+    if isinstance(value, str):
+        sign = "-?" if allow_negative else ""
+        m = re.fullmatch(rf"\s*(?:step\s*)?({sign}\d+)\s*", value, re.IGNORECASE)
+        if m is None:
+            what = "a step number or -1" if allow_negative else "a step number"
+            raise ValueError(f"must be {what}, got {value!r}")
+        return int(m.group(1))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -32,6 +32,7 @@ from deliberate.errors import DataError
 from deliberate.models.base import ChatResponse, Message
 from deliberate.parsing import (
     ParseError,
+    coerce_step_number,
     parse_structured,
 )
 from deliberate.roles.roles import Generator, RoleBase, ScoredVerdict, ask_structured, node_tags
@@ -147,16 +148,7 @@ class StepCheck(BaseModel):
     @field_validator("step", mode="before")
     @classmethod
     def _step(cls, v: object) -> object:
-        if isinstance(v, bool):
-            raise ValueError("must be a step number, not true/false")
-        if isinstance(v, str):
-            m = re.fullmatch(r"\s*(?:step\s*)?(\d+)\s*", v, re.IGNORECASE)
-            if m is None:
-                raise ValueError(f"must be a step number, got {v!r}")
-            return int(m.group(1))
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        return v
+        return coerce_step_number(v)
 
     @field_validator("status", mode="before")
     @classmethod

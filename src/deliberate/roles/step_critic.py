@@ -25,7 +25,7 @@ from typing import ClassVar
 from pydantic import BaseModel, field_validator
 
 from deliberate.models.base import Message
-from deliberate.parsing import ParseError, parse_structured
+from deliberate.parsing import ParseError, coerce_step_number, parse_structured
 from deliberate.roles.roles import RoleBase, ask_structured, node_tags
 from deliberate.tasks.task import Task
 
@@ -91,16 +91,7 @@ class StepVerdict(BaseModel):
     def _step(cls, v: object) -> object:
         if v is None:
             return NO_ERROR  # "no wrong step" written as null
-        if isinstance(v, bool):
-            raise ValueError("must be a step number, not true/false")
-        if isinstance(v, str):
-            m = re.fullmatch(r"\s*(?:step\s*)?(-?\d+)\s*", v, re.IGNORECASE)
-            if m is None:
-                raise ValueError(f"must be a step number or -1, got {v!r}")
-            return int(m.group(1))
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        return v
+        return coerce_step_number(v, allow_negative=True)
 
 
 def parse_step_verdict(text: str, n_steps: int) -> StepVerdict:
