@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,48 +125,60 @@ def _paid_calls(db: Path, run_id: str) -> int:
         return int(row[0])
 
 
-def test_resume_after_sigkill_pays_for_no_call_twice(tmp_path: Path, clean_env: Path) -> None:
-    suite = load_suite("arithmetic")
-    args = ["--strategy", "best_of_n", "-n", "4", "--concurrency", "2", "--no-cache",
-            "--seed", "11"]
-    with SimServer(suite, SimParams(latency_ms=15), ServerConfig()) as srv:
+@dataclass
+class KillResume:
+    base: Path  # store of the uninterrupted run "whole"
+    db: Path  # store of the run "broken", SIGKILLed and resumed
+    whole_requests: int  # server requests of the uninterrupted run
+    first_requests: int  # server requests before the kill
+    total_requests: int  # server requests before the kill and on resume
+
+
+def kill_and_resume(tmp_path: Path, home: Path, args: list[str], *, latency_ms: float,
+                    kill_after: int, tasks: int) -> KillResume:
+    """Run ``args`` uninterrupted, then again SIGKILLed once ``kill_after`` tasks are
+    done and resumed, both against one sim server that counts requests."""
+    with SimServer(load_suite("arithmetic"), SimParams(latency_ms=latency_ms),
+                   ServerConfig()) as srv:
         model = ["--model", f"openai:sim@{srv.base_url}"]
         base = tmp_path / "uninterrupted.db"
-        r = cli("run", *args, *model, "--store", str(base), "--run-id", "whole",
-                env_home=clean_env)
+        r = cli("run", *args, *model, "--store", str(base), "--run-id", "whole", env_home=home)
         assert r.returncode == 0, r.stderr
         whole_requests = httpx.get(srv.url + "/stats").json()["completed"]
         httpx.post(srv.url + "/stats/reset")
 
         db = tmp_path / "killed.db"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DELIBERATE_"))}
-        env["DELIBERATE_HOME"] = str(clean_env)
+        env["DELIBERATE_HOME"] = str(home)
         proc = subprocess.Popen(
             [sys.executable, "-m", "deliberate", "run", *args, *model, "--store", str(db),
              "--run-id", "broken"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while _done_tasks(db, "broken") < 8 and time.monotonic() < deadline:
+        while _done_tasks(db, "broken") < kill_after and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        done_at_kill = _done_tasks(db, "broken")
-        assert 8 <= done_at_kill < 30, "the kill must land mid-run"
+        assert kill_after <= _done_tasks(db, "broken") < tasks, "the kill must land mid-run"
         first_requests = httpx.get(srv.url + "/stats").json()["completed"]
 
-        r = cli("run", "--resume", "broken", "--store", str(db), env_home=clean_env)
+        r = cli("run", "--resume", "broken", "--store", str(db), env_home=home)
         assert r.returncode == 0, r.stderr
         total_requests = httpx.get(srv.url + "/stats").json()["completed"]
+    return KillResume(base, db, whole_requests, first_requests, total_requests)
 
-    assert _answers(db, "broken") == _answers(base, "whole")
-    shape_a = [(t, o, a, x) for t, o, a, x in _tree_shape(db, "broken")]
-    shape_b = [(t, o, a, x) for t, o, a, x in _tree_shape(base, "whole")]
-    assert shape_a == shape_b
+
+def test_resume_after_sigkill_pays_for_no_call_twice(tmp_path: Path, clean_env: Path) -> None:
+    args = ["--strategy", "best_of_n", "-n", "4", "--concurrency", "2", "--no-cache",
+            "--seed", "11"]
+    k = kill_and_resume(tmp_path, clean_env, args, latency_ms=15, kill_after=8, tasks=30)
+    assert _answers(k.db, "broken") == _answers(k.base, "whole")
+    assert _tree_shape(k.db, "broken") == _tree_shape(k.base, "whole")
     # Every call the uninterrupted run paid for was paid exactly once across kill + resume,
     # except those in flight at the moment of the kill (never answered, so never recorded):
     # at most 2 tasks × 4 parallel judge calls.
-    assert _paid_calls(db, "broken") == _paid_calls(base, "whole") == whole_requests
-    assert whole_requests <= total_requests <= whole_requests + 8
-    assert first_requests < whole_requests
+    assert _paid_calls(k.db, "broken") == _paid_calls(k.base, "whole") == k.whole_requests
+    assert k.whole_requests <= k.total_requests <= k.whole_requests + 8
+    assert k.first_requests < k.whole_requests
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path: Path,
@@ -203,40 +216,16 @@ def test_models_and_strategies_commands(clean_env: Path) -> None:
 
 def test_killed_mcts_search_resumes_to_the_same_tree(tmp_path: Path, clean_env: Path) -> None:
     """The tree in the store is the search state: a SIGKILLed search continues from it."""
-    suite = load_suite("arithmetic")
     args = ["--strategy", "mcts", "-p", "iterations=4", "--limit", "12", "--concurrency", "2",
             "--no-cache", "--seed", "3"]
-    with SimServer(suite, SimParams(latency_ms=10), ServerConfig()) as srv:
-        model = ["--model", f"openai:sim@{srv.base_url}"]
-        base = tmp_path / "whole.db"
-        r = cli("run", *args, *model, "--store", str(base), "--run-id", "whole",
-                env_home=clean_env)
-        assert r.returncode == 0, r.stderr
-        whole_requests = httpx.get(srv.url + "/stats").json()["completed"]
-        httpx.post(srv.url + "/stats/reset")
-        db = tmp_path / "killed.db"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DELIBERATE_"))}
-        env["DELIBERATE_HOME"] = str(clean_env)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "deliberate", "run", *args, *model, "--store", str(db),
-             "--run-id", "broken"], env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while _done_tasks(db, "broken") < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert 3 <= _done_tasks(db, "broken") < 12, "the kill must land mid-run"
-        r = cli("run", "--resume", "broken", "--store", str(db), env_home=clean_env)
-        assert r.returncode == 0, r.stderr
-        total_requests = httpx.get(srv.url + "/stats").json()["completed"]
-    assert _answers(db, "broken") == _answers(base, "whole")
-    assert _tree_shape(db, "broken") == _tree_shape(base, "whole")
-    with sqlite3.connect(db) as a, sqlite3.connect(base) as b:
+    k = kill_and_resume(tmp_path, clean_env, args, latency_ms=10, kill_after=3, tasks=12)
+    assert _answers(k.db, "broken") == _answers(k.base, "whole")
+    assert _tree_shape(k.db, "broken") == _tree_shape(k.base, "whole")
+    with sqlite3.connect(k.db) as a, sqlite3.connect(k.base) as b:
         q = ("SELECT task_id, operator, visits, round(value, 9) FROM nodes WHERE run_id=? "
              "ORDER BY task_id, operator, visits, value")
         assert a.execute(q, ("broken",)).fetchall() == b.execute(q, ("whole",)).fetchall()
-    assert _paid_calls(db, "broken") == _paid_calls(base, "whole") == whole_requests
+    assert _paid_calls(k.db, "broken") == _paid_calls(k.base, "whole") == k.whole_requests
     # calls in flight at the kill (never answered) are the only ones asked twice:
     # at most 2 tasks × (k=3 refinements + 3 values) in flight
-    assert whole_requests <= total_requests <= whole_requests + 12
+    assert k.whole_requests <= k.total_requests <= k.whole_requests + 12
