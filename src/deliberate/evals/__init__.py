@@ -1,0 +1,1 @@
+"""Measuring strategies and critics against ground truth: metrics, intervals, reports."""
