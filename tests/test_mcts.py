@@ -23,11 +23,11 @@ from deliberate.parsing import ParseError
 from deliberate.roles.prompts import Prompts
 from deliberate.roles.value import ActionRanker, parse_ranking, rank_prior
 from deliberate.search.base import Feedback, SearchSpace, Valuation
+from deliberate.strategies._search import discriminate
 from deliberate.strategies.mcts import (
     SearchState,
     TreeSearch,
     backpropagate,
-    discriminate,
     select_child,
     select_path,
 )
@@ -56,14 +56,18 @@ class FakeCtx:
     notes: list[str] = field(default_factory=list)
     scoring_verifier: object | None = None
 
-    async def verify_node(self, node: NodeRecord) -> JudgementRecord:
+    async def verify_node(self, node: NodeRecord, *, text: str | None = None
+                          ) -> JudgementRecord:
+        seen = node.text if text is None else text
         return self.tree.judge(node, source="verifier:fake", role="verifier",
-                               verdict="correct" if node.text in self.passes else "incorrect")
+                               verdict="correct" if seen in self.passes else "incorrect")
 
-    async def judge_nodes(self, nodes: list[NodeRecord]) -> list[JudgementRecord | None]:
+    async def judge_nodes(self, nodes: list[NodeRecord], *, texts: list[str] | None = None
+                          ) -> list[JudgementRecord | None]:
+        seen = texts if texts is not None else [n.text for n in nodes]
         return [self.tree.judge(n, source="model:fake", role="judge",
-                                score=self.judge_scores.get(n.text, 0.0), scale=(0.0, 1.0))
-                for n in nodes]
+                                score=self.judge_scores.get(t, 0.0), scale=(0.0, 1.0))
+                for n, t in zip(nodes, seen, strict=True)]
 
 
 def fake_ctx() -> FakeCtx:
@@ -98,6 +102,9 @@ class ScriptSpace:
 
     def is_terminal(self, ctx: TaskContext, node: NodeRecord) -> bool:
         return node.parent_id is not None
+
+    def can_expand(self, ctx: TaskContext, node: NodeRecord) -> bool:
+        return True
 
     def candidate(self, ctx: TaskContext, node: NodeRecord) -> str:
         return node.text
@@ -287,19 +294,19 @@ async def test_each_discriminator() -> None:
     ctx, cands = disc_tree()
     a, a0, _, b0 = cands
     # mean trajectory: A .9, A0 .9, B .1, B0 .525 -> A (tie with A0 to the earlier)
-    assert (await discriminate(as_ctx(ctx), cands, "mean_trajectory"))[0] is a
-    assert (await discriminate(as_ctx(ctx), cands, "best_reward"))[0] is b0
+    assert (await discriminate(as_ctx(ctx), ScriptSpace(), cands, "mean_trajectory"))[0] is a
+    assert (await discriminate(as_ctx(ctx), ScriptSpace(), cands, "best_reward"))[0] is b0
     ctx.scoring_verifier = object()
     ctx.passes = {"A0"}
     # by reward B0 .95, A .9, A0 .9: the first that passes is A0
-    assert (await discriminate(as_ctx(ctx), cands, "verifier"))[0] is a0
+    assert (await discriminate(as_ctx(ctx), ScriptSpace(), cands, "verifier"))[0] is a0
     ctx.passes = set()
-    chosen, note = await discriminate(as_ctx(ctx), cands, "verifier")
+    chosen, note = await discriminate(as_ctx(ctx), ScriptSpace(), cands, "verifier")
     assert chosen is b0 and "no candidate passed" in note
     # judge sees the top 3 by mean trajectory (A, A0, B0), not B
     ctx.judge_scores = {"B0": 0.8, "A": 0.3, "A0": 0.5, "B": 1.0}
-    assert (await discriminate(as_ctx(ctx), cands, "judge", judge_top=3))[0] is b0
-    assert (await discriminate(as_ctx(ctx), cands, "judge", judge_top=2))[0] is a0
+    assert (await discriminate(as_ctx(ctx), ScriptSpace(), cands, "judge", judge_top=3))[0] is b0
+    assert (await discriminate(as_ctx(ctx), ScriptSpace(), cands, "judge", judge_top=2))[0] is a0
 
 
 # ---------------------------------------------------------------- runs on sim

@@ -236,14 +236,17 @@ class TaskContext:
             )
         return nodes
 
-    async def judge_node(self, node: NodeRecord, *, key: object = 0) -> JudgementRecord | None:
-        """Judge a node with the LLM judge; None if the budget stopped it.
+    async def judge_node(self, node: NodeRecord, *, key: object = 0,
+                         text: str | None = None) -> JudgementRecord | None:
+        """Judge a node (or ``text``, its whole candidate) with the LLM judge; None if
+        the budget stopped it.
 
         A reply that cannot be parsed, even after one repair request, is recorded
         as a ``parse_failure`` judgement without a score.
         """
         try:
-            res: JudgeResult = await self.judge.judge(self.task, node.text, node_id=node.id)
+            res: JudgeResult = await self.judge.judge(
+                self.task, node.text if text is None else text, node_id=node.id)
         except BudgetExceeded:
             return None
         source = f"model:{self.judge.model.model_id}"
@@ -260,16 +263,24 @@ class TaskContext:
                                scale=self.judge.scale, verdict=v.verdict, critique=v.critique,
                                meta=meta)
 
-    async def judge_nodes(self, nodes: Sequence[NodeRecord]) -> list[JudgementRecord | None]:
+    async def judge_nodes(self, nodes: Sequence[NodeRecord], *,
+                          texts: Sequence[str] | None = None) -> list[JudgementRecord | None]:
         """Judge several nodes concurrently; order of the result follows ``nodes``."""
-        return list(await asyncio.gather(*(self.judge_node(n) for n in nodes)))
+        if texts is None:
+            return list(await asyncio.gather(*(self.judge_node(n) for n in nodes)))
+        return list(await asyncio.gather(*(self.judge_node(n, text=t)
+                                           for n, t in zip(nodes, texts, strict=True))))
 
-    async def verify_node(self, node: NodeRecord) -> JudgementRecord | None:
-        """Score a node with the strategy's verifier (if it has one)."""
+    async def verify_node(self, node: NodeRecord, *,
+                          text: str | None = None) -> JudgementRecord | None:
+        """Score a node (or ``text``, its whole candidate) with the strategy's verifier."""
         if self.scoring_verifier is None:
             return None
         v = self.scoring_verifier
-        res = await v.verify(self.task, node.text, node.answer)
+        if text is None or text == node.text:
+            res = await v.verify(self.task, node.text, node.answer)
+        else:
+            res = await v.verify(self.task, text, node.answer or parse_answer(self.task, text))
         verdict = None if res.passed is None else ("correct" if res.passed else "incorrect")
         return self.tree.judge(node, source=f"verifier:{v.name}", role="verifier",
                                score=res.score, scale=(0.0, 1.0), verdict=verdict,

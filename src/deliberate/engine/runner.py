@@ -413,7 +413,13 @@ class Engine:
 
 
 async def _grade_node(tree: TaskTree, grader: Verifier, node: NodeRecord) -> VerifierResult:
-    res = await grader.verify(tree.task, node.text, node.answer)
+    """Grade what the node stands for: its whole candidate when a search kept one
+    (a step or an action node holds only its last piece)."""
+    whole = node.meta.get("candidate")
+    if isinstance(whole, str) and whole:
+        res = await grader.verify(tree.task, whole, node.answer)
+    else:
+        res = await grader.verify(tree.task, node.text, node.answer)
     verdict = None if res.passed is None else ("correct" if res.passed else "incorrect")
     tree.judge(node, source=f"verifier:{grader.name}", role="grader", score=res.score,
                scale=(0.0, 1.0), verdict=verdict, critique=res.details,

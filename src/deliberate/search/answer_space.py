@@ -87,6 +87,9 @@ class AnswerSpace:
     def is_terminal(self, ctx: TaskContext, node: NodeRecord) -> bool:
         return node.parent_id is not None
 
+    def can_expand(self, ctx: TaskContext, node: NodeRecord) -> bool:
+        return True
+
     def candidate(self, ctx: TaskContext, node: NodeRecord) -> str:
         return node.text
 

@@ -59,6 +59,10 @@ class SearchSpace(Protocol):
         """Whether ``node`` holds a finished candidate (a final answer)."""
         ...
 
+    def can_expand(self, ctx: TaskContext, node: NodeRecord) -> bool:
+        """Whether ``node`` may grow children (a refined answer may; a final step may not)."""
+        ...
+
     def candidate(self, ctx: TaskContext, node: NodeRecord) -> str:
         """The whole candidate text the node stands for (step-wise: its steps joined)."""
         ...

@@ -19,7 +19,7 @@ from deliberate.engine.context import TaskContext
 from deliberate.errors import BudgetExceeded
 from deliberate.roles.step_critic import NO_ERROR, StepCritic, StepReview
 from deliberate.roles.step_proposer import StepProposer
-from deliberate.search.base import Feedback
+from deliberate.search.base import Feedback, SearchSpace, Valuation
 from deliberate.tree import JudgementRecord, NodeRecord
 from deliberate.verifiers.base import parse_answer
 
@@ -136,6 +136,9 @@ class StepSpace:
             return False
         return is_final_step(node.text) or node.depth >= self.max_depth
 
+    def can_expand(self, ctx: TaskContext, node: NodeRecord) -> bool:
+        return not self.is_terminal(ctx, node)
+
     async def expand(self, ctx: TaskContext, node: NodeRecord, k: int, *,
                      feedback: Feedback | None = None, key: object = 0,
                      offset: int = 0) -> list[NodeRecord]:
@@ -176,17 +179,45 @@ class StepScorer:
     name: str = "step_critic"
 
     async def score(self, ctx: TaskContext, node: NodeRecord) -> float | None:
-        """The aggregated step score in [0, 1]; None on a parse failure or the budget.
+        """The aggregated step score in [0, 1]; None on a parse failure or the budget."""
+        j = await self.review(ctx, node)
+        return None if j is None else j.score
 
-        The review is recorded as a ``step_critic`` judgement on the node.
+    async def review(self, ctx: TaskContext, node: NodeRecord) -> JudgementRecord | None:
+        """Review the node's prefix; recorded as a ``step_critic`` judgement on the node.
+
+        None when the budget stopped the review.
         """
         steps = self.space.steps(ctx, node)
         try:
             review = await self.critic.review(ctx.task, steps, node_id=node.id)
         except BudgetExceeded:
             return None
-        j = record_prefix_review(ctx, node, self.critic, review, self.how)
-        return j.score
+        return record_prefix_review(ctx, node, self.critic, review, self.how)
+
+
+@dataclass(slots=True)
+class StepCriticValue:
+    """The step critic as a search value (a ValueFunction over a step space).
+
+    The value is the aggregated prefix score; the critic's reason is the
+    explanation, and a named wrong step becomes advice for the siblings that are
+    proposed next (the words half of a hybrid value).
+    """
+
+    scorer: StepScorer
+    name: str = "critic"
+
+    async def evaluate(self, ctx: TaskContext, space: SearchSpace,
+                       node: NodeRecord) -> Valuation | None:
+        j = await self.scorer.review(ctx, node)
+        if j is None or j.score is None:
+            return None
+        advice = ""
+        if j.first_wrong_step is not None and j.first_wrong_step != NO_ERROR:
+            advice = (f"Step {j.first_wrong_step} looks wrong ({j.critique or 'no reason given'}); "
+                      "take a different step there.")
+        return Valuation(j.score, j.critique or "", advice, j.id)
 
 
 def record_prefix_review(ctx: TaskContext, node: NodeRecord, critic: StepCritic,

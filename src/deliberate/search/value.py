@@ -56,14 +56,18 @@ class LLMValue:
 
 @dataclass(slots=True)
 class VerifierValue:
-    """Reward from the scoring verifier: passed 1, failed 0, else its score in [0, 1]."""
+    """Reward from the scoring verifier: passed 1, failed 0, else its score in [0, 1].
+
+    Only a finished candidate is verified: an unfinished step prefix has no
+    answer to check, so it gets no value (rather than a misleading 0).
+    """
 
     name: str = "verifier"
 
     async def evaluate(self, ctx: TaskContext, space: SearchSpace,
                        node: NodeRecord) -> Valuation | None:
         v = ctx.scoring_verifier
-        if v is None:
+        if v is None or not space.is_terminal(ctx, node):
             return None
         text = space.candidate(ctx, node)
         answer = node.answer if text == node.text else parse_answer(ctx.task, text)

@@ -1,19 +1,25 @@
-"""Step-wise beam search and DVTS over a step space, scored by a step critic.
+"""Beam search and DVTS over a search space (by default steps, scored by a step critic).
 
-Beam (search-and-learn): the root proposes ``n`` first steps; at each later depth
-each of the ``width`` (b) kept beams proposes ``n // width`` next steps, so about
-``n`` candidates per depth in all. Every new prefix is scored by the step critic
-(first wrong step -> per-step scores, aggregated by ``aggregate``); the top b by
-score are kept, ties to creation order, unscored prefixes last. A kept terminal
-node (an ``Answer:`` step or the depth limit) is finished and leaves the beam; the
-search stops at ``max_depth`` or once b beams have finished. The final choice is
-the best finished node by score (nodes with an answer first, then creation order);
-if none finished, the best live beam.
+Beam (search-and-learn): the root proposes ``n`` children; at each later depth
+each of the ``width`` (b) kept beams proposes ``n // width`` children, so about
+``n`` candidates per depth in all. Every new node is valued (steps: the step
+critic's first wrong step -> per-step scores, aggregated by ``aggregate``;
+answers: the LLM hybrid value; env: the environment's reward; or as ``value``
+says); the top b by value are kept, ties to creation order, unvalued nodes last.
+A kept node that cannot grow (a final ``Answer:`` step, a finished environment
+episode) is finished and leaves the beam; the search stops at the depth limit
+or once b beams have finished. The final choice is the best kept finished
+candidate by value (nodes with an answer first, then creation order); if none
+finished, the best live beam.
 
-DVTS (``dvts=true``): the root's ``n`` first steps are split by creation order into
+On the answer space every node is a finished candidate that can still be
+refined: beams are refined ``n // width`` times each per depth until the depth
+limit, and the best kept candidate of any depth is chosen.
+
+DVTS (``dvts=true``): the root's ``n`` children are split by creation order into
 ``width`` groups; each group is an independent subtree that keeps only its best
-node (beam of width 1) and proposes ``n // width`` next steps from it per depth.
-The final choice is the best finished node across subtrees.
+node (beam of width 1) and proposes ``n // width`` children from it per depth.
+The final choice is the best finished candidate across subtrees.
 
 On BudgetExceeded the search stops and returns the best so far.
 """
@@ -21,26 +27,30 @@ On BudgetExceeded the search stops and returns the best so far.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 
 from deliberate.engine.context import TaskContext
-from deliberate.roles.step_critic import StepCritic
-from deliberate.search.step_space import StepScorer, StepSpace, StepSplitter
+from deliberate.search.base import SearchStats
+from deliberate.strategies._search import (
+    SearchConfig,
+    SpaceKind,
+    make_space,
+    make_value,
+    mark_chosen,
+    record_valuation,
+    sibling_feedback,
+)
 from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
 from deliberate.tree import NodeRecord
 
 
-class BeamConfig(StrategyConfig):
-    n: int = Field(8, ge=1, le=1024, description="candidate steps proposed per depth in all")
+class BeamConfig(SearchConfig):
+    space: SpaceKind = Field("steps", description="steps (one step per node), answer "
+                             "(whole candidates refined) or env (a user's environment)")
+    n: int = Field(8, ge=1, le=1024, description="children proposed per depth in all")
     width: int = Field(2, ge=1, le=256, description="beams kept per depth (b); DVTS subtrees")
-    max_depth: int = Field(8, ge=1, le=64, description="most steps in a solution")
-    aggregate: Literal["last", "min", "product"] = Field(
-        "last", description="how per-step scores become a prefix score")
-    split: Literal["line", "blank", "numbered", "delimiter"] = Field(
-        "line", description="how a proposer's reply is cut into steps (the first is kept)")
-    delimiter: str = Field("", description="step delimiter for split=delimiter")
     dvts: bool = Field(False, description="diverse verifier tree search: width independent "
                        "greedy subtrees")
 
@@ -66,23 +76,31 @@ class Beam(Strategy):
     async def run(self, ctx: TaskContext) -> StrategyResult:
         cfg = self.config
         assert isinstance(cfg, BeamConfig)
-        space = StepSpace.for_context(ctx, splitter=StepSplitter(cfg.split, cfg.delimiter),
-                                      max_depth=cfg.max_depth)
-        scorer = StepScorer(ctx.roles.make(StepCritic, "step_critic"), space, cfg.aggregate)
+        space = make_space(ctx, cfg)
+        value = make_value(ctx, cfg, space)
         per = max(1, cfg.n // cfg.width)
+        stats = SearchStats()
 
         async def scored(kids: list[NodeRecord]) -> bool:
-            values = await asyncio.gather(*(scorer.score(ctx, k) for k in kids))
+            values = await asyncio.gather(*(value.evaluate(ctx, space, k) for k in kids))
+            stats.evaluations += len(kids)
             for k, v in zip(kids, values, strict=True):
-                k.value = v
-                ctx.tree.update(k)
+                if v is not None:
+                    k.value = v.value
+                    record_valuation(ctx, k, v)
             return all(v is not None for v in values)
 
-        first = await space.expand(ctx, ctx.tree.root, cfg.n, key=0)
+        async def grow(node: NodeRecord, count: int, depth: int) -> list[NodeRecord]:
+            stats.expansions += 1
+            return await space.expand(ctx, node, count, key=depth,
+                                      feedback=sibling_feedback(ctx, node))
+
+        first = await grow(ctx.tree.root, cfg.n, 0)
         if not first:
-            return StrategyResult(None, "no step: budget exhausted before the first expansion")
+            return StrategyResult(None, "no child: budget exhausted before the first expansion")
         ok = await scored(first)
-        finished: list[NodeRecord] = []
+        finished: list[NodeRecord] = []  # kept, and cannot grow: they leave the beam
+        cands: list[NodeRecord] = []  # kept finished candidates (answers: every kept node)
         if cfg.dvts:
             groups = [first[i * per:(i + 1) * per] for i in range(cfg.width)]
             beams = [rank(g)[0] for g in groups if g]
@@ -94,12 +112,14 @@ class Beam(Strategy):
         stopped = "" if ok else "budget"
         depth = 1
         while True:
-            live = [b for b in beams if not space.is_terminal(ctx, b)]
-            finished += [b for b in beams if space.is_terminal(ctx, b)]
-            if stopped or not live or depth >= cfg.max_depth or (
+            stats.iterations += 1
+            cands += [b for b in beams if space.is_terminal(ctx, b) and b.value is not None]
+            live = [b for b in beams if space.can_expand(ctx, b)]
+            finished += [b for b in beams if not space.can_expand(ctx, b)]
+            if stopped or not live or depth >= cfg.depth or (
                     not cfg.dvts and len(finished) >= cfg.width):
                 break
-            groups = await asyncio.gather(*(space.expand(ctx, b, per, key=depth) for b in live))
+            groups = await asyncio.gather(*(grow(b, per, depth) for b in live))
             kids = [k for g in groups for k in g]
             if sum(len(g) for g in groups) < per * len(live):
                 stopped = "budget"
@@ -118,14 +138,16 @@ class Beam(Strategy):
             else:
                 beams = rank(kids)[: max(0, cfg.width - len(finished))]
             depth += 1
-        chosen = final_choice(finished) or final_choice(beams)
+        stats.stopped_by = stopped or ("depth" if depth >= cfg.depth else "finished")
+        ctx.stats["search"] = {"space": space.name, "iterations": stats.iterations,
+                               "expansions": stats.expansions,
+                               "evaluations": stats.evaluations, "candidates": len(cands),
+                               "stopped_by": stats.stopped_by}
+        chosen = final_choice(cands) or final_choice(beams) or final_choice(finished)
         if chosen is None:
-            return StrategyResult(None, "no step could be kept")
-        chosen.meta["chosen"] = True
-        if chosen.answer is None:
-            chosen.meta["candidate"] = space.candidate(ctx, chosen)
-        ctx.tree.update(chosen)
+            return StrategyResult(None, "no node could be kept")
+        mark_chosen(ctx, space, chosen)
         note = "stopped by the budget; best so far" if stopped else ""
-        if chosen.answer is None:
+        if not space.is_terminal(ctx, chosen):
             note = note or "no beam reached a final answer"
         return StrategyResult(chosen, note)

@@ -1,12 +1,14 @@
-"""Best-first search over whole candidates: always expand the best frontier node.
+"""Best-first search: always expand the best frontier node, over any search space.
 
-The root is expanded into ``k`` fresh samples; each is valued. Then, repeatedly,
-the frontier node (valued, not expanded, above ``max_depth``) with the highest
-value (ties to the earliest created) is expanded into ``k`` children (refinements
-told its value, explanation and advice, plus its siblings' advice; or fresh
-samples at ``fresh_rate``), and the children are valued and join the frontier.
-Stops on ``iterations`` expansions, a value at or above ``threshold``, an empty
-frontier, or the budget. The answer is the node with the best value (ties to the
+The root is expanded into ``k`` children; each is valued. Then, repeatedly, the
+frontier node (valued, expandable, above the depth limit) with the highest value
+(ties to the deeper node, then the earliest created: on steps a sound prefix that
+is further along is closer to an answer) is expanded into ``k`` children (answers:
+refinements told its value, explanation and advice plus its siblings' advice, or
+fresh samples at ``fresh_rate``; steps: next steps; env: next actions), and the
+children are valued and join the frontier. Stops on ``iterations`` expansions, a
+finished candidate valued at or above ``threshold``, an empty frontier, or the
+budget. The answer is the finished candidate with the best value (ties to the
 earliest), and its path is marked ``meta["chosen"]``. A node's value is its own
 valuation (no backpropagation).
 """
@@ -14,37 +16,30 @@ valuation (no backpropagation).
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 
 from deliberate.engine.context import TaskContext
-from deliberate.search.answer_space import AnswerSpace
 from deliberate.search.base import SearchStats
-from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
-from deliberate.strategies.mcts import (
-    MCTSConfig,
+from deliberate.strategies._search import (
+    SearchConfig,
     finish_search,
+    make_space,
     make_value,
+    record_valuation,
     reward,
     sibling_feedback,
 )
+from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
 from deliberate.tree import NodeRecord
 
 
-class BestFirstConfig(StrategyConfig):
+class BestFirstConfig(SearchConfig):
     iterations: int = Field(8, ge=1, le=10_000, description="expansions after the root")
     k: int = Field(3, ge=1, le=64, description="children per expansion")
-    max_depth: int = Field(4, ge=1, le=64, description="deepest node (the root is depth 0)")
-    value: Literal["llm", "verifier", "mix"] = Field("llm", description="value function")
-    w_llm: float = Field(0.5, ge=0, description="mix: weight of the LLM value")
-    w_verifier: float = Field(0.5, ge=0, description="mix: weight of the verifier reward")
-    scale_min: float = Field(-100.0, description="LLM value scale, low end")
-    scale_max: float = Field(100.0, description="LLM value scale, high end")
-    threshold: float | None = Field(0.975, ge=0, le=1,
-                                    description="stop when a node's value reaches this")
-    fresh_rate: float = Field(0.0, ge=0, le=1, description="share of non-root children "
-                              "sampled fresh instead of refined")
+    threshold: float | None = Field(0.975, ge=0, le=1, description="stop when a finished "
+                                    "candidate's value reaches this")
 
 
 class BestFirst(Strategy):
@@ -54,10 +49,8 @@ class BestFirst(Strategy):
     async def run(self, ctx: TaskContext) -> StrategyResult:
         cfg = self.config
         assert isinstance(cfg, BestFirstConfig)
-        value = make_value(MCTSConfig(value=cfg.value, w_llm=cfg.w_llm,
-                                      w_verifier=cfg.w_verifier, scale_min=cfg.scale_min,
-                                      scale_max=cfg.scale_max))
-        space = AnswerSpace(fresh_rate=cfg.fresh_rate)
+        space = make_space(ctx, cfg)
+        value = make_value(ctx, cfg, space)
         stats = SearchStats()
         cands: list[NodeRecord] = []
         frontier: list[NodeRecord] = []
@@ -72,12 +65,10 @@ class BestFirst(Strategy):
                     continue
                 kid.value = v.value
                 kid.visits = 1
-                kid.meta["reward"] = v.value
-                kid.meta["valuation"] = {"value": v.value, "explanation": v.explanation,
-                                         "advice": v.advice}
-                ctx.tree.update(kid)
-                cands.append(kid)
-                if kid.depth < cfg.max_depth:
+                record_valuation(ctx, kid, v)
+                if space.is_terminal(ctx, kid):
+                    cands.append(kid)
+                if kid.depth < cfg.depth and space.can_expand(ctx, kid):
                     frontier.append(kid)
 
         await grow(ctx.tree.root)
@@ -93,9 +84,9 @@ class BestFirst(Strategy):
             elif not frontier:
                 stopped = "exhausted"
             else:
-                best = max(range(len(frontier)),
-                           key=lambda i: (reward(frontier[i]) or 0.0, -i))
+                best = max(range(len(frontier)), key=lambda i: (
+                    reward(frontier[i]) or 0.0, frontier[i].depth, -i))
                 await grow(frontier.pop(best))
                 stats.iterations += 1
         stats.stopped_by = stopped
-        return await finish_search(ctx, cands, stats, "best_reward")
+        return await finish_search(ctx, space, cands, stats, "best_reward")

@@ -1,4 +1,7 @@
-"""MCTS over whole candidates with a hybrid value (SWE-Search style), with parallel rollouts.
+"""MCTS with a hybrid value (SWE-Search style) over any search space, with parallel rollouts.
+
+The space (``space``: ``answer``, ``steps`` or ``env``; see ``_search.py``) says
+what a node is: a whole candidate, one reasoning step, or one environment action.
 
 One rollout: **select** from the root by UCT ``Q/N + c·sqrt(ln N_parent / N)`` (or
 PUCT ``Q + c·P·sqrt(N_parent)/(1 + N)`` with the prior ``P`` from
@@ -27,9 +30,13 @@ reward along root→node), ``best_reward`` (highest single reward), ``verifier``
 judge scores the top ``judge_top`` candidates by mean trajectory). Ties go to the
 earliest-created node. Every node of the chosen path gets ``meta["chosen"]``.
 
-Differences from SWE-Search: nodes are whole answers refined by an LLM rather
-than agent actions; one expansion makes all ``k`` children at once and they are
-all evaluated in the same rollout; the debate discriminator is not offered.
+Differences from SWE-Search: with ``space=answer`` nodes are whole answers
+refined by an LLM rather than agent actions (``space=env`` has agent actions);
+one expansion makes all ``k`` children at once and they are all evaluated in the
+same rollout (no separate simulation to the end: the value of a partial step
+prefix comes from the step critic). The ``debate`` discriminator has
+``debate_agents`` judges argue over ``judge_top`` finalists for
+``debate_rounds`` rounds (SWE-Search: 5 agents, 3 rounds).
 
 Agent Q prior (``prior=rank``, use with ``selection=puct``): after an expansion
 the generator ranks its ``k`` proposals (the ``rank_actions`` role) and child at
@@ -44,59 +51,45 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from deliberate.engine.context import TaskContext
 from deliberate.errors import BudgetExceeded
 from deliberate.roles.value import ActionRanker, rank_prior
-from deliberate.search.answer_space import AnswerSpace
-from deliberate.search.base import Feedback, SearchSpace, SearchStats, Valuation, ValueFunction
-from deliberate.search.value import LLMValue, MixedValue, VerifierValue
+from deliberate.search.base import SearchSpace, SearchStats, Valuation, ValueFunction
+from deliberate.strategies._search import (
+    Discriminator,
+    SearchConfig,
+    finish_search,
+    make_space,
+    make_value,
+    record_valuation,
+    reward,
+    sibling_feedback,
+)
 from deliberate.strategies.base import Strategy, StrategyConfig, StrategyResult
 from deliberate.tree import NodeRecord
 
-Discriminator = Literal["mean_trajectory", "best_reward", "verifier", "judge"]
 
-
-class MCTSConfig(StrategyConfig):
+class MCTSConfig(SearchConfig):
     iterations: int = Field(20, ge=1, le=10_000, description="rollouts (SWE-Search: 80-100)")
     k: int = Field(3, ge=1, le=64, description="children per expansion (SWE-Search: 3-5)")
-    max_depth: int = Field(4, ge=1, le=64, description="deepest node (the root is depth 0)")
     selection: Literal["uct", "puct"] = Field("uct", description="selection rule")
     c: float = Field(1.41, ge=0, description="exploration constant")
-    value: Literal["llm", "verifier", "mix"] = Field("llm", description="value function")
-    w_llm: float = Field(0.5, ge=0, description="mix: weight of the LLM value")
-    w_verifier: float = Field(0.5, ge=0, description="mix: weight of the verifier reward")
-    scale_min: float = Field(-100.0, description="LLM value scale, low end")
-    scale_max: float = Field(100.0, description="LLM value scale, high end")
     threshold: float | None = Field(0.975, ge=0, le=1,
-                                    description="stop when a node's value reaches this")
+                                    description="stop when a finished candidate's value "
+                                    "reaches this")
     finished: int | None = Field(None, ge=1, description="stop after this many evaluated "
-                                 "candidates")
+                                 "finished candidates")
     parallel: int = Field(1, ge=1, le=256, description="rollouts in flight (virtual loss)")
     discriminator: Discriminator = Field("mean_trajectory", description="final choice")
-    judge_top: int = Field(3, ge=1, le=64, description="judge discriminator: candidates judged")
-    fresh_rate: float = Field(0.0, ge=0, le=1, description="share of non-root children "
-                              "sampled fresh instead of refined")
+    judge_top: int = Field(3, ge=1, le=64, description="judge/debate discriminator: "
+                           "finalists (best by mean trajectory)")
+    debate_agents: int = Field(5, ge=1, le=32, description="debate discriminator: judges")
+    debate_rounds: int = Field(3, ge=1, le=10, description="debate discriminator: rounds")
     prior: Literal["uniform", "rank"] = Field(
         "uniform", description="PUCT prior: uniform, or the generator's ranking of its "
         "proposed children (Agent Q)")
-
-    @model_validator(mode="after")
-    def _scale(self) -> MCTSConfig:
-        if self.scale_min >= self.scale_max:
-            raise ValueError("scale_min must be below scale_max")
-        return self
-
-
-def make_value(cfg: MCTSConfig) -> ValueFunction:
-    """The value function a config names."""
-    llm = LLMValue(scale=(cfg.scale_min, cfg.scale_max))
-    if cfg.value == "llm":
-        return llm
-    if cfg.value == "verifier":
-        return VerifierValue()
-    return MixedValue([llm, VerifierValue()], [cfg.w_llm, cfg.w_verifier])
 
 
 # ---------------------------------------------------------------- selection
@@ -183,24 +176,6 @@ def backpropagate(ctx: TaskContext, path: list[NodeRecord], value: float) -> Non
 # ---------------------------------------------------------------- the search
 
 
-def reward(node: NodeRecord) -> float | None:
-    r = node.meta.get("reward")
-    return float(r) if isinstance(r, int | float) else None
-
-
-def sibling_feedback(ctx: TaskContext, node: NodeRecord) -> Feedback:
-    """Advice from the valuations of ``node``'s siblings and their texts."""
-    if node.parent_id is None:
-        return Feedback()
-    sibs = [s for s in ctx.tree.kids(ctx.tree.nodes[node.parent_id]) if s.id != node.id]
-    advice = []
-    for s in sibs:
-        v = s.meta.get("valuation")
-        if isinstance(v, dict) and v.get("advice"):
-            advice.append(str(v["advice"]))
-    return Feedback(advice=tuple(advice[-3:]), siblings=tuple(s.text for s in sibs[-3:]))
-
-
 class TreeSearch:
     """Runs the rollouts of one task (kept separate from the config so tests can drive it)."""
 
@@ -235,10 +210,7 @@ class TreeSearch:
         for kid, v in zip(kids, vals, strict=True):
             if v is None:
                 continue
-            kid.meta["reward"] = v.value
-            kid.meta["valuation"] = {"value": v.value, "explanation": v.explanation,
-                                     "advice": v.advice}
-            kid.meta["rollout"] = index
+            record_valuation(self.ctx, kid, v, rollout=index)
             out.append((kid, v.value))
         return out
 
@@ -253,7 +225,8 @@ class TreeSearch:
             if self.space.is_terminal(self.ctx, kid):
                 self.candidates.append(kid)
         for kid in self.ctx.tree.kids(leaf):
-            if kid.depth >= self.max_depth or reward(kid) is None:
+            if (kid.depth >= self.max_depth or reward(kid) is None
+                    or not self.space.can_expand(self.ctx, kid)):
                 self.state.closed.add(kid.id)
         # close upwards: a node whose children are all closed has nothing left
         for node in reversed(path):
@@ -334,69 +307,6 @@ async def rank_children(ctx: TaskContext, parent: NodeRecord, kids: list[NodeRec
         ctx.tree.update(kid)
 
 
-# ---------------------------------------------------------------- discriminators
-
-
-def path_to(ctx: TaskContext, node: NodeRecord) -> list[NodeRecord]:
-    """Root→node, inclusive."""
-    out = [node]
-    while out[-1].parent_id is not None:
-        out.append(ctx.tree.nodes[out[-1].parent_id])
-    return out[::-1]
-
-
-def mean_trajectory(ctx: TaskContext, node: NodeRecord) -> float:
-    """Mean reward of the evaluated nodes on root→node."""
-    rs = [r for n in path_to(ctx, node) if (r := reward(n)) is not None]
-    return sum(rs) / len(rs) if rs else 0.0
-
-
-def _argmax(nodes: list[NodeRecord], key: Any) -> NodeRecord:
-    best = nodes[0]
-    best_k = key(best)
-    for n in nodes[1:]:
-        kk = key(n)
-        if kk > best_k:
-            best, best_k = n, kk
-    return best
-
-
-async def discriminate(ctx: TaskContext, cands: list[NodeRecord], how: Discriminator, *,
-                       judge_top: int = 3) -> tuple[NodeRecord, str]:
-    """The chosen candidate (``cands`` non-empty; ties to the earlier) and a note."""
-    if how == "best_reward":
-        return _argmax(cands, lambda n: reward(n) or 0.0), ""
-    if how == "mean_trajectory":
-        return _argmax(cands, lambda n: mean_trajectory(ctx, n)), ""
-    if how == "verifier":
-        if ctx.scoring_verifier is None:
-            best = _argmax(cands, lambda n: mean_trajectory(ctx, n))
-            return best, "no scoring verifier; chose by mean trajectory"
-        ranked = sorted(cands, key=lambda n: -(reward(n) or 0.0))  # stable: creation order
-        for n in ranked:
-            j = await ctx.verify_node(n)
-            if j is not None and j.verdict == "correct":
-                return n, ""
-        return ranked[0], "no candidate passed the verifier; chose the highest reward"
-    ranked = sorted(cands, key=lambda n: -mean_trajectory(ctx, n))[:judge_top]
-    judged = await ctx.judge_nodes(ranked)
-    scored = [(j.normalised, n) for n, j in zip(ranked, judged, strict=True)
-              if j is not None and j.normalised is not None]
-    if not scored:
-        return ranked[0], "the judge scored nothing; chose by mean trajectory"
-    best_s, best = scored[0]
-    for s, n in scored[1:]:
-        if s is not None and best_s is not None and s > best_s:
-            best_s, best = s, n
-    return best, ""
-
-
-def mark_chosen(ctx: TaskContext, node: NodeRecord) -> None:
-    for n in path_to(ctx, node):
-        n.meta["chosen"] = True
-        ctx.tree.update(n)
-
-
 class MCTS(Strategy):
     name: ClassVar[str] = "mcts"
     Config: ClassVar[type[StrategyConfig]] = MCTSConfig
@@ -404,33 +314,12 @@ class MCTS(Strategy):
     async def run(self, ctx: TaskContext) -> StrategyResult:
         cfg = self.config
         assert isinstance(cfg, MCTSConfig)
-        search = TreeSearch(ctx, AnswerSpace(fresh_rate=cfg.fresh_rate), make_value(cfg),
-                            k=cfg.k, max_depth=cfg.max_depth, selection=cfg.selection, c=cfg.c,
+        space = make_space(ctx, cfg)
+        search = TreeSearch(ctx, space, make_value(ctx, cfg, space),
+                            k=cfg.k, max_depth=cfg.depth, selection=cfg.selection, c=cfg.c,
                             parallel=cfg.parallel, iterations=cfg.iterations,
                             threshold=cfg.threshold, finished=cfg.finished, prior=cfg.prior)
         stats = await search.run()
-        return await finish_search(ctx, search.candidates, stats, cfg.discriminator,
-                                   judge_top=cfg.judge_top)
-
-
-async def finish_search(ctx: TaskContext, cands: list[NodeRecord], stats: SearchStats,
-                        how: Discriminator, *, judge_top: int = 3) -> StrategyResult:
-    """Choose among evaluated candidates, mark the path, note the stats.
-
-    ``cands`` come in the order the search valued them (launch order, then child
-    index), which ties follow: it does not depend on call latencies.
-    """
-    ctx.notes.append(f"search: {stats.iterations} iterations, {stats.expansions} expansions, "
-                     f"{stats.evaluations} evaluations, stopped by {stats.stopped_by}")
-    ctx.stats["search"] = {"iterations": stats.iterations, "expansions": stats.expansions,
-                           "evaluations": stats.evaluations, "stopped_by": stats.stopped_by,
-                           **stats.extra}
-    if not cands:
-        kids = [n for n in ctx.tree.nodes.values() if n.parent_id is not None]
-        if not kids:
-            return StrategyResult(None, f"no candidate (stopped by {stats.stopped_by})")
-        mark_chosen(ctx, kids[0])
-        return StrategyResult(kids[0], "no candidate could be valued; returned the first")
-    chosen, note = await discriminate(ctx, cands, how, judge_top=judge_top)
-    mark_chosen(ctx, chosen)
-    return StrategyResult(chosen, note or f"stopped by {stats.stopped_by}")
+        return await finish_search(ctx, space, search.candidates, stats, cfg.discriminator,
+                                   judge_top=cfg.judge_top, debate_agents=cfg.debate_agents,
+                                   debate_rounds=cfg.debate_rounds)
