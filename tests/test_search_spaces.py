@@ -243,3 +243,25 @@ def test_cli_runs_each_search_over_another_space(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "space=env needs env=" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_identical_proposals_become_one_child_with_their_share_as_prior(
+        tmp_path: Path) -> None:
+    def script(r: ChatRequest, i: int) -> str:
+        text = r.messages[-1].content
+        if "<partial_solution>" in text:
+            if _steps(r):
+                return "Answer: 4"
+            return "2 + 2 = 4" if i < 3 else "2 * 2 = 4"  # 3 of 4 samples agree
+        return json.dumps({"first_wrong_step": -1, "reason": "fine"})
+
+    params = {"space": "steps", "k": 4, "iterations": 2, "selection": "puct"}
+    res = await arun(cfg(tmp_path, "mcts", "scripted", suite="tiny", limit=None,
+                         strategy_params=params),
+                     models={"scripted": FunctionModel(script)}, suite=SUITE)
+    nodes, _ = await load(tmp_path, res.run_id, "t1")
+    first = sorted((n.text, n.meta["proposed"], n.meta["prior"]) for n in nodes if n.depth == 1)
+    assert first == [("2 * 2 = 4", 1, 0.25), ("2 + 2 = 4", 3, 0.75)]
+    # the four identical answers under the expanded step are one node
+    assert [n.text for n in nodes if n.depth == 2] == ["Answer: 4"]
+    assert res.attempts[0].correct

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from deliberate.engine.context import TaskContext
 from deliberate.errors import BudgetExceeded
+from deliberate.models.base import Completion
 from deliberate.roles.step_critic import NO_ERROR, StepCritic, StepReview
 from deliberate.roles.step_proposer import StepProposer
 from deliberate.search.base import Feedback, SearchSpace, Valuation
@@ -142,7 +143,15 @@ class StepSpace:
     async def expand(self, ctx: TaskContext, node: NodeRecord, k: int, *,
                      feedback: Feedback | None = None, key: object = 0,
                      offset: int = 0) -> list[NodeRecord]:
-        """``k`` next steps of ``node`` in one request; [] when the budget ends."""
+        """Up to ``k`` next steps of ``node`` from one request of ``k`` samples; [] when
+        the budget ends.
+
+        Identical steps (after splitting) are merged into one child, and a step
+        equal to an existing child's is dropped: a tree never holds the same
+        prefix twice. ``meta["proposed"]`` counts the samples that proposed a
+        step and ``meta["prior"]`` is their share (a PUCT prior, like
+        self-consistency over next steps).
+        """
         if k < 1 or self.is_terminal(ctx, node):
             return []
         steps = self.steps(ctx, node)
@@ -154,11 +163,20 @@ class StepSpace:
         except BudgetExceeded:
             return []
         call_id = resp.call_ids[0] if resp.call_ids else None
-        out = []
+        # identical proposals become one child; how many proposed it is its prior
+        known = {k.text for k in ctx.tree.kids(node)}
+        found: dict[str, list[Completion]] = {}
         for c in sorted(resp.completions, key=lambda c: c.sample_index):
             step = self.splitter.first(c.text)
+            if step and step not in known:
+                found.setdefault(step, []).append(c)
+        total = sum(len(v) for v in found.values())
+        out = []
+        for step, same in found.items():
+            c = same[0]
             final = is_final_step(step)
-            meta: dict[str, Any] = {"final": final}
+            meta: dict[str, Any] = {"final": final, "proposed": len(same),
+                                    "prior": len(same) / total}
             if c.finish_reason != "stop":
                 meta["finish_reason"] = c.finish_reason
             text = self.splitter.join([*steps, step])

@@ -81,14 +81,13 @@ class Beam(Strategy):
         per = max(1, cfg.n // cfg.width)
         stats = SearchStats()
 
-        async def scored(kids: list[NodeRecord]) -> bool:
+        async def scored(kids: list[NodeRecord]) -> None:
             values = await asyncio.gather(*(value.evaluate(ctx, space, k) for k in kids))
             stats.evaluations += len(kids)
             for k, v in zip(kids, values, strict=True):
                 if v is not None:
                     k.value = v.value
                     record_valuation(ctx, k, v)
-            return all(v is not None for v in values)
 
         async def grow(node: NodeRecord, count: int, depth: int) -> list[NodeRecord]:
             stats.expansions += 1
@@ -98,7 +97,7 @@ class Beam(Strategy):
         first = await grow(ctx.tree.root, cfg.n, 0)
         if not first:
             return StrategyResult(None, "no child: budget exhausted before the first expansion")
-        ok = await scored(first)
+        await scored(first)
         finished: list[NodeRecord] = []  # kept, and cannot grow: they leave the beam
         cands: list[NodeRecord] = []  # kept finished candidates (answers: every kept node)
         if cfg.dvts:
@@ -109,7 +108,7 @@ class Beam(Strategy):
                 ctx.tree.update(b)
         else:
             beams = rank(first)[: cfg.width]
-        stopped = "" if ok else "budget"
+        stopped = "budget" if ctx.budget_limited else ""
         depth = 1
         while True:
             stats.iterations += 1
@@ -121,9 +120,9 @@ class Beam(Strategy):
                 break
             groups = await asyncio.gather(*(grow(b, per, depth) for b in live))
             kids = [k for g in groups for k in g]
-            if sum(len(g) for g in groups) < per * len(live):
-                stopped = "budget"
-            if kids and not await scored(kids):
+            if kids:
+                await scored(kids)
+            if ctx.budget_limited:
                 stopped = "budget"
             if cfg.dvts:
                 beams = []
