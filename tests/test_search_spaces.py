@@ -265,3 +265,32 @@ async def test_identical_proposals_become_one_child_with_their_share_as_prior(
     # the four identical answers under the expanded step are one node
     assert [n.text for n in nodes if n.depth == 2] == ["Answer: 4"]
     assert res.attempts[0].correct
+
+
+def test_show_draws_a_searched_tree_with_its_statistics(tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    db = str(tmp_path / "show.db")
+    r = cli("run", "--strategy", "mcts", "-p", "iterations=4", "-p", "k=3", "--limit", "1",
+            "--model", "sim", "--store", db, "--no-cache", "--run-id", "m", env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    full = cli("show", "m", "arith-01", "--store", db, "--critiques", env_home=tmp_path)
+    assert full.returncode == 0, full.stderr
+    out = full.stdout
+    assert re.search(r"search\s+space answer, iterations \d+, expansions \d+", out)
+    assert re.search(r"tree\s+\d+ nodes, depth \d+, branching [\d.]+", out)
+    assert "visits=" in out and "value=" in out and "★" in out
+    assert "value: " in out and "value: advice: " in out  # the hybrid value's words
+    assert "chosen candidate" in out
+    drawn = out.count("\n├── ") + out.count("└── ")
+    top = cli("show", "m", "arith-01", "--store", db, "--top", "1", env_home=tmp_path).stdout
+    assert "not shown" in top
+    assert top.count("└── ") + top.count("├── ") < drawn
+    # every node is accounted for: drawn or counted in a "not shown" line
+    hidden = sum(int(n) for n in re.findall(r"\((\d+) nodes?\) not shown", top))
+    shown_nodes = len(re.findall(r"(?:├──|└──) (?:★ )?\w+ #?", top))
+    nodes = int(re.search(r"tree\s+(\d+) nodes", top).group(1))  # type: ignore[union-attr]
+    assert shown_nodes + hidden == nodes - 1  # the root is the heading
+    chosen = cli("show", "m", "arith-01", "--store", db, "--chosen-only", env_home=tmp_path)
+    lines = [ln for ln in chosen.stdout.splitlines() if "── " in ln and "not shown" not in ln]
+    assert lines and all("★" in ln for ln in lines)
