@@ -215,17 +215,24 @@ async def test_sim_runs_are_deterministic_and_graded_on_whole_candidates(
         assert {"step_critic", "verifier"} <= {j.role for j in judgements}
 
 
-async def test_step_space_search_through_the_sim_server_within_budget(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "params", "budget"), [
+    ("mcts", {"space": "steps", "iterations": 30, "k": 3, "parallel": 2, "threshold": None},
+     3000),
+    ("best_first", {"space": "steps", "iterations": 30, "k": 3, "threshold": None}, 3000),
+    ("beam", {"space": "answer", "n": 4, "width": 2, "max_depth": 12}, 6000),
+])
+async def test_other_spaces_through_the_sim_server_within_budget(
+        tmp_path: Path, strategy: str, params: dict[str, Any], budget: int) -> None:
     with SimServer(load_suite("arithmetic"), SimParams(), ServerConfig()) as srv:
-        res = await arun(cfg(tmp_path, "mcts", f"openai:sim@{srv.base_url}",
-                             task_budget={"max_tokens": 3000},
-                             strategy_params={"space": "steps", "iterations": 30, "k": 3,
-                                              "parallel": 2, "threshold": None}))
+        res = await arun(cfg(tmp_path, strategy, f"openai:sim@{srv.base_url}",
+                             task_budget={"max_tokens": budget}, strategy_params=params))
     for a in res.attempts:
-        assert a.prompt_tokens + a.completion_tokens <= 3000
+        assert a.prompt_tokens + a.completion_tokens <= budget
+        assert a.final_node_id is not None
     assert any(a.status == "budget_limited" for a in res.attempts)
     nodes, _ = await load(tmp_path, res.run_id, "arith-01")
-    assert any(n.role == "step_proposer" for n in nodes)
+    role = "step_proposer" if params["space"] == "steps" else "refiner"
+    assert any(n.role == role for n in nodes)
 
 
 def test_cli_runs_each_search_over_another_space(tmp_path: Path) -> None:
