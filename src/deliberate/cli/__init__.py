@@ -9,6 +9,7 @@ import click
 import typer
 from rich.markup import escape
 
+from deliberate.cli import eval as _eval
 from deliberate.cli import inspect as _inspect
 from deliberate.cli import models as _models
 from deliberate.cli import run as _run
@@ -30,6 +31,7 @@ app.command("models")(_models.models_cmd)
 app.command("strategies")(_strategies.strategies_cmd)
 app.add_typer(_models.sim_app, name="sim")
 app.add_typer(_models.replay_app, name="replay")
+app.add_typer(_eval.eval_app, name="eval")
 
 
 def main(argv: list[str] | None = None) -> None:

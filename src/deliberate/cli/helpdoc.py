@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 COMMANDS = (
     (), ("run",), ("runs",), ("show",), ("models",), ("strategies",),
     ("sim", "serve"), ("replay", "convert"),
+    ("eval",), ("eval", "critic"), ("eval", "critic", "processbench"),
 )
 
 

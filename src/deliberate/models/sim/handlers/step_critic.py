@@ -1,9 +1,10 @@
 """The sim as a step critic: the first wrong step of a numbered solution, or -1.
 
 Matches the ``<numbered_steps>`` block of the step critic's template. The true first
-wrong step comes from the task's ground truth (math: the first step where the
-candidate's numbers leave the reference solution); the sim reports it with the
-configured error rates:
+wrong step comes from the task's ground truth: labelled solutions carried in the
+task's metadata (``STEP_LABELS``, e.g. ProcessBench items), else, for math, the first
+step where the candidate's numbers leave the reference solution. The sim reports it
+with the configured error rates:
 
 - a wrong solution: the true step with probability ``sensitivity``; otherwise -1
   (the error is missed) or a neighbouring step (off by one), half and half;
@@ -17,6 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from deliberate.models._matching import normalise_text
 from deliberate.models.sim.core import Behaviour, HandlerContext
 from deliberate.models.sim.math_errors import first_divergence, normalise_solution, step_results
 from deliberate.models.sim.protocol import extract_code
@@ -26,6 +28,10 @@ _BLOCK = re.compile(r"<numbered_steps>(.*)</numbered_steps>", re.DOTALL)
 _STEP = re.compile(r'<step n="(\d+)">\n?(.*?)\n?</step>', re.DOTALL)
 _FENCE_LINE = re.compile(r"^\s*```")
 _FINAL = re.compile(r"(?im)^\s*(?:answer\s*:|####)|\\boxed\{")
+
+STEP_LABELS = "step_labels"
+"""Task metadata key: solutions whose first wrong step is known, as a list of
+``{"steps": [str, ...], "first_wrong_step": k}`` with ``k`` 1-based, -1 for none."""
 
 
 def read_steps(text: str) -> list[str]:
@@ -78,6 +84,37 @@ def true_first_wrong(task: Task, behaviour: Behaviour, steps: list[str]) -> tupl
     return len(steps), behaviour.explain(text)
 
 
+def labelled_first_wrong(task: Task, steps: list[str]) -> tuple[int, str] | None:
+    """The first wrong step of ``steps`` from the task's labelled solutions, if listed.
+
+    Steps are compared with whitespace normalised, as a reader would. Returns None
+    when the task carries no labels or none of its solutions is this one.
+    """
+    labelled = task.metadata.get(STEP_LABELS)
+    if not isinstance(labelled, list):
+        return None
+    shown = [normalise_text(s) for s in steps]
+    for entry in labelled:
+        if not isinstance(entry, dict) or not isinstance(entry.get("steps"), list):
+            continue
+        if [normalise_text(str(s)) for s in entry["steps"]] != shown:
+            continue
+        k = entry.get("first_wrong_step")
+        if not isinstance(k, int) or not (k == -1 or 1 <= k <= len(steps)):
+            return None
+        return k, ("" if k == -1 else labelled_complaint(k, steps[k - 1]))
+    return None
+
+
+def labelled_complaint(k: int, step: str) -> str:
+    """Why step ``k`` is wrong, as far as the sim can say without solving the problem."""
+    found = step_results(step)
+    if found:
+        _, expr, _ = found[0]
+        return f"Step {k} goes wrong: {expr} does not follow from the problem and the steps before it."
+    return f"Step {k} goes wrong: its claim does not follow from the problem and the steps before it."
+
+
 def mistaken_complaint(k: int, step: str, rng: random.Random) -> str:
     found = step_results(step)
     if found:
@@ -107,12 +144,17 @@ class StepCriticHandler:
         p = ctx.sim.params
         if n == 0:
             return _reply(-1, "There are no steps to check.")
-        if ctx.task is None or ctx.behaviour is None:
+        known: tuple[int, str] | None = None
+        if ctx.task is not None:
+            known = labelled_first_wrong(ctx.task, steps)
+            if known is None and ctx.behaviour is not None and STEP_LABELS not in ctx.task.metadata:
+                known = true_first_wrong(ctx.task, ctx.behaviour, steps)
+        if known is None:  # no task, or a solution its labels do not cover
             if u < 0.5:
                 return _reply(-1, "I cannot check these steps against the task with confidence.")
             k = rng.randint(1, n)
             return _reply(k, mistaken_complaint(k, steps[k - 1], rng))
-        truth, sentence = true_first_wrong(ctx.task, ctx.behaviour, steps)
+        truth, sentence = known
         if truth == -1:
             if u < p.specificity:
                 return _reply(-1, "Every step follows from the problem and the steps before it, "
