@@ -1,6 +1,7 @@
 """A user's own check as a verifier: a Python callable found by dotted path
-(``python:package.module:function``) or registered under the entry-point group
-``deliberate.verifiers``.
+(``python:package.module:function``), by file path (``python:path/to/file.py:function``,
+so a script beside the data needs no ``PYTHONPATH``) or registered under the
+entry-point group ``deliberate.verifiers``.
 
 The callable takes ``(task, text, answer)``, may be sync or async, and returns a
 ``bool``, a score (``float`` in [0, 1]; it passes at ``threshold``), a
@@ -14,11 +15,16 @@ Finding the callable is checked up front: a bad path is a one-line usage error.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import math
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from deliberate.errors import ConfigError, UnknownNameError
@@ -95,28 +101,87 @@ def as_verifier(obj: Any, *, name: str) -> Verifier:
 
 
 def load_dotted(path: str) -> Any:
-    """The object at ``package.module:attribute`` (the attribute may be dotted)."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"verifier python:{path}: expected python:package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise UnknownNameError(f"verifier python:{path}: no module {exc.name!r}") from exc
-    except Exception as exc:
-        raise ConfigError(f"verifier python:{path}: importing {module_name} failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
+    """The object at ``package.module:attribute`` or ``path/to/file.py:attribute``
+    (the attribute may be dotted), for a ``python:`` verifier spec."""
+    return load_object(path, label=f"verifier python:{path}",
+                       form="python:package.module:function or python:path/to/file.py:function")
+
+
+def load_object(spec: str, *, label: str, form: str) -> Any:
+    """The object a ``MODULE:ATTRIBUTE`` spec names, MODULE being a dotted module name
+    or a path to a ``.py`` file (relative to the current directory).
+
+    ``label`` starts every error message and ``form`` is the expected shape shown
+    when the spec is malformed. A missing module, file or attribute is an
+    :class:`UnknownNameError`; a module that fails to import is a :class:`ConfigError`.
+    """
+    source, sep, attr = spec.rpartition(":")
+    if not sep or not source or not attr:
+        raise ConfigError(f"{label}: expected {form}")
+    if _is_file(source):
+        module = _import_file(source, label)
+        where = source
+    else:
+        if ":" in source:
+            raise ConfigError(f"{label}: expected {form}")
+        try:
+            module = importlib.import_module(source)
+        except ModuleNotFoundError as exc:
+            raise UnknownNameError(f"{label}: no module {exc.name!r}") from exc
+        except Exception as exc:
+            raise ConfigError(f"{label}: importing {source} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        where = source
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise UnknownNameError(f"verifier python:{path}: {module_name} has no "
-                                   f"attribute {attr!r}")
+            raise UnknownNameError(f"{label}: {where} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
 
+def _is_file(source: str) -> bool:
+    return source.endswith(".py") or "/" in source or "\\" in source
+
+
+def _import_file(source: str, label: str) -> ModuleType:
+    """Import a ``.py`` file as a module of its own.
+
+    The module is registered in ``sys.modules`` under a name derived from the
+    file's resolved path (so its dataclasses and pickling work, and loading the
+    same file twice gives the same module); a changed file is not reloaded.
+    """
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UnknownNameError(f"{label}: no file {source!r} (paths are relative to the "
+                               f"current directory, {Path.cwd()})")
+    resolved = path.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    name = f"_deliberate_user_{_identifier(resolved.stem)}_{digest}"
+    found = sys.modules.get(name)
+    if found is not None:
+        return found
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{label}: {source} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ConfigError(f"{label}: importing {source} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _identifier(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
 def python_verifier(path: str) -> Verifier:
-    """``python:package.module:function`` as a verifier."""
+    """``python:package.module:function`` or ``python:path/to/file.py:function`` as a
+    verifier."""
     return as_verifier(load_dotted(path), name=f"python:{path}")
 
 

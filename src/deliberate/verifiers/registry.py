@@ -10,7 +10,7 @@ spec                        verifier
 ``choice``                  option letter
 ``regex:PATTERN``           the text matches a regular expression
 ``json_schema[:SCHEMA]``    JSON in the text fits a schema (inline or a file)
-``python:mod.path:fn``      a user's callable or verifier class
+``python:mod.path:fn``      a user's callable or verifier class (or ``python:file.py:fn``)
 ``code_exec``               run the program against the task's tests (sandbox)
 ``detection``               findings against labelled findings (precision/recall)
 any other name              an entry point in the ``deliberate.verifiers`` group
