@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion
 
 from deliberate.errors import (
@@ -288,6 +289,18 @@ async def run_calls(
 # --------------------------------------------------------------------------- backend
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a timeout is really a refused or unroutable connection.
+
+    The aiohttp transport reports every failure to connect as ``ConnectTimeout``;
+    its cause says whether time ran out or the connection was refused.
+    """
+    cause = exc.__cause__
+    inner = cause.__cause__ if cause is not None else None
+    return isinstance(cause, httpx.ConnectTimeout) and isinstance(
+        inner, aiohttp.ClientConnectorError) and not isinstance(inner, TimeoutError)
+
+
 def _env(*names: str) -> str | None:
     for name in names:
         value = os.environ.get(name)
@@ -329,6 +342,11 @@ class OpenAIChatModel:
         self.base_url = resolved_url
         self.timeout_s = timeout_s
         self._profile = profile or ModelProfile()
+        if http_client is None:
+            # aiohttp's transport: httpx's connection pool rescans every pooled
+            # connection per request and costs milliseconds of CPU per call once
+            # dozens of calls are in flight (bench/parallel_rollouts.py)
+            http_client = DefaultAioHttpClient(timeout=timeout_s)
         self._client = AsyncOpenAI(
             api_key=key,
             base_url=resolved_url,
@@ -399,12 +417,14 @@ class OpenAIChatModel:
     def _translate(self, exc: openai.OpenAIError) -> ModelError:
         """SDK exception → ours, one line naming the endpoint and the model."""
         endpoint, model = self.base_url, self.model
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
             return ModelTimeoutError(
                 f"{endpoint} did not answer within {self.timeout_s:g}s (model {model})"
             )
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__
+            if _refused(exc) and cause is not None and cause.__cause__ is not None:
+                cause = cause.__cause__
             reason = str(cause) if cause is not None and str(cause) else exc.message
             return ModelConnectionError(
                 f"cannot reach {endpoint} (model {model}): {' '.join(reason.split())}"
