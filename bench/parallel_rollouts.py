@@ -33,12 +33,11 @@ Two departures from a plain ``SimServer`` + ``openai:sim@…`` run, both switcha
   ``Draft <8 letters>.`` derived from its request and sample index: every later
   request about it is distinct and reaches the server; runs stay deterministic
   and answer extraction is unaffected (letters only, first line).
-- *Nagle off* (``--server-as-is`` uses ``SimServer`` unchanged). ``SimServer``
-  binds its listening socket with protocol 0; asyncio turns Nagle's algorithm off
-  only on accepted sockets whose protocol says TCP, so each response on a
-  kept-alive connection, written in two pieces, waits for the client's delayed
-  ACK: about 40 ms per request on Linux, on top of ``ttft_ms``. By default the
-  child serves the same app (``create_app``) on a socket made with IPPROTO_TCP.
+- *The server's own socket* (``--server-as-is`` uses ``SimServer`` unchanged). The
+  child serves the same app (``create_app``) on a socket made with IPPROTO_TCP, so
+  asyncio turns Nagle's algorithm off on accepted connections. ``SimServer`` did
+  not until this benchmark found it (each kept-alive response then waited ~40 ms
+  for the client's delayed ACK); it binds the same way now, so both set-ups agree.
 
 The critical path. A rollout is one expansion (the k children's calls in
 parallel, one latency) then the valuation of its children (again in parallel, one

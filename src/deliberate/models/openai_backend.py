@@ -371,13 +371,14 @@ class OpenAIChatModel:
         messages: Any = [m.to_dict() for m in request.messages]
 
         async def one(call: SampleCall) -> tuple[list[Completion], Usage]:
-            kwargs = request_body(request, call)
-            if request.extra:
-                kwargs["extra_body"] = dict(request.extra)
+            body = {"model": self.model, "messages": messages, **request_body(request, call),
+                    **request.extra}
             try:
-                response = await self._client.chat.completions.create(
-                    model=self.model, messages=messages, **kwargs
-                )
+                # ``post`` sends our (already plain JSON) body as it is; the SDK's
+                # ``chat.completions.create`` would first walk it against its
+                # TypedDicts, ~2.5 ms of CPU per call (bench/parallel_rollouts.py)
+                response = await self._client.post(
+                    "/chat/completions", body=body, cast_to=ChatCompletion)
             except openai.OpenAIError as exc:
                 raise self._translate(exc) from exc
             except ValueError as exc:  # a 2xx body that is not JSON
