@@ -75,6 +75,16 @@ def test_bad_input_gives_one_clear_line(args: list[str], message: str, clean_env
     assert "secret" not in err
 
 
+@pytest.mark.parametrize("args", [["show", "r", "t", "--depth", "-1"], ["run", "--limit", "x"],
+                                  ["runs", "--no-such-flag"]])
+def test_bad_options_are_usage_errors_without_a_traceback(args: list[str],
+                                                          clean_env: Path) -> None:
+    r = cli(*args, env_home=clean_env)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "Try 'deliberate" in r.stderr and "Error:" in r.stderr
+
+
 def test_bad_yaml_config_value(tmp_path: Path, clean_env: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("suite: arithmetic\ntask_budget:\n  max_tokens: -5\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -10,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from deliberate.cli import eval as _eval
+from deliberate.cli import export as _export
 from deliberate.cli import inspect as _inspect
 from deliberate.cli import models as _models
 from deliberate.cli import run as _run
@@ -32,6 +34,20 @@ app.command("strategies")(_strategies.strategies_cmd)
 app.add_typer(_models.sim_app, name="sim")
 app.add_typer(_models.replay_app, name="replay")
 app.add_typer(_eval.eval_app, name="eval")
+app.command("export")(_export.export_cmd)
+
+
+def _typer_usage_error() -> type[click.ClickException]:
+    """typer >= 0.26 vendors click: its usage errors are not click's classes."""
+    try:
+        mod = importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return click.ClickException
+    cls = getattr(mod, "ClickException", click.ClickException)
+    return cls if isinstance(cls, type) else click.ClickException
+
+
+_USAGE_ERRORS = (click.ClickException, _typer_usage_error())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,12 +60,12 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         rv = app(args=args, prog_name="deliberate", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         console_err.print("interrupted")
         sys.exit(130)
     except DeliberateError as exc:

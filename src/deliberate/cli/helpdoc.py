@@ -13,6 +13,7 @@ COMMANDS = (
     (), ("run",), ("runs",), ("show",), ("models",), ("strategies",),
     ("sim", "serve"), ("replay", "convert"),
     ("eval",), ("eval", "critic"), ("eval", "critic", "processbench"),
+    ("export",),
 )
 
 

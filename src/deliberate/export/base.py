@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +65,19 @@ class ExportOptions(BaseModel):
     test_share: float = Field(0.0, ge=0, lt=1, description="share of tasks held out as the "
                               "test split (by task: no task is in both)")
     split_seed: int = Field(0, description="seed of the task split")
+    critique_form: Literal["labelled", "pairs"] = Field(
+        "labelled", description="critique: one row per critique with its outcome (messages, "
+        "label, outcome), or effective-vs-ineffective critique pairs (prompt, chosen, rejected)")
+    step_source: Literal["auto", "critic", "mc"] = Field(
+        "auto", description="steps/revision: where the first wrong step comes from: Monte "
+        "Carlo labels (mc_steps), the step critic, or auto (mc when present, else the critic)")
+    step_form: Literal["processbench", "prm"] = Field(
+        "processbench", description="steps: ProcessBench rows (problem, steps, label) or "
+        "TRL's stepwise PRM rows (prompt, completions, labels)")
+    kto_critic: bool = Field(False, description="kto: label a candidate no verifier judged "
+                             "by the critic's (or judge's) verdict")
+    sft_unverified: bool = Field(False, description="sft: when no verifier judged any "
+                                 "candidate of a task, use the chosen candidate unverified")
 
 
 @dataclass(slots=True)

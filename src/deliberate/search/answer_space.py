@@ -8,6 +8,11 @@ siblings and which sibling answers were already tried) or a **fresh** sample
 child ``i`` of expansion ``key`` is fresh when a draw from
 ``ctx.rng("fresh", node.id, key, i)`` falls below ``fresh_rate`` (0 by default:
 always refine). Every node is a finished candidate.
+
+A refinement keeps the critique it was given (``meta["critique"]``) and the
+judgements whose words are in it (``meta["feedback_ids"]``: the node's own
+valuation judgements, then the siblings' whose advice is passed on), so exports can
+tell which critique drove which refinement.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from deliberate.roles.roles import Refiner
 from deliberate.search.base import Feedback
 from deliberate.tree import NodeRecord
 from deliberate.verifiers.base import parse_answer
+
+VALUATION_ROLES = ("value", "verifier", "step_critic")
+"""Roles of the judgements a value function records (their words become a valuation)."""
 
 
 def critique_text(node: NodeRecord, feedback: Feedback | None) -> str:
@@ -44,6 +52,22 @@ def critique_text(node: NodeRecord, feedback: Feedback | None) -> str:
     return "\n".join(lines) or "No critique is available; check the candidate carefully."
 
 
+def feedback_ids(ctx: TaskContext, node: NodeRecord, feedback: Feedback | None) -> list[str]:
+    """The judgements whose words :func:`critique_text` passes on: the node's own
+    valuation (when it has one) and the siblings' valuations whose advice it repeats."""
+    ids: list[str] = []
+    if isinstance(node.meta.get("valuation"), dict):
+        ids += [j.id for j in ctx.tree.judgements.get(node.id, [])
+                if j.role in VALUATION_ROLES and j.verdict != "parse_failure"]
+    if feedback is not None and feedback.advice and node.parent_id is not None:
+        wanted = set(feedback.advice)
+        for s in ctx.tree.kids(ctx.tree.nodes[node.parent_id]):
+            if s.id != node.id:
+                ids += [j.id for j in ctx.tree.judgements.get(s.id, [])
+                        if j.role in VALUATION_ROLES and j.meta.get("advice") in wanted]
+    return list(dict.fromkeys(ids))
+
+
 @dataclass(slots=True)
 class AnswerSpace:
     """Whole-candidate search: fresh samples at the root, refinements below."""
@@ -59,6 +83,7 @@ class AnswerSpace:
         fresh = [ctx.rng("fresh", node.id, key, i).random() < self.fresh_rate for i in range(k)]
         refiner = ctx.roles.make(Refiner, self.refiner_role)
         critique = critique_text(node, feedback)
+        driven_by = feedback_ids(ctx, node, feedback)
 
         async def call(i: int, fresh_sample: bool) -> ChatResponse | None:
             try:
@@ -81,7 +106,7 @@ class AnswerSpace:
                 operator="generate" if f else "refine", key=f"{key}:{i}", text=text,
                 answer=parse_answer(ctx.task, text),
                 call_id=resp.call_ids[0] if resp.call_ids else None,
-                meta={} if f else {"critique": critique}))
+                meta={} if f else {"critique": critique, "feedback_ids": driven_by}))
         return made
 
     def is_terminal(self, ctx: TaskContext, node: NodeRecord) -> bool:

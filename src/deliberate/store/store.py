@@ -457,6 +457,71 @@ class Store:
 
         return await self._read(read)
 
+    async def page_attempts(self, run_id: str, *, after: str | None = None,
+                            limit: int = 500) -> list[AttemptRecord]:
+        """Up to ``limit`` of a run's attempts in task-id order, after task ``after``.
+
+        Keyset paging: a reader walks a large run a page at a time (pass the last
+        task id of one page as ``after`` of the next) with memory that follows the
+        page, not the run.
+        """
+        t = schema.attempts
+        stmt = select(t).where(t.c.run_id == run_id)
+        if after is not None:
+            stmt = stmt.where(t.c.task_id > after)
+        stmt = stmt.order_by(t.c.task_id).limit(limit)
+        return await self._read(lambda c: _records(AttemptRecord, c.execute(stmt).mappings()))
+
+    async def count_attempts(self, run_id: str) -> int:
+        """How many task attempts a run has."""
+        t = schema.attempts
+        stmt = select(func.count()).select_from(t).where(t.c.run_id == run_id)
+        return await self._read(lambda c: int(c.execute(stmt).scalar_one()))
+
+    async def load_task(
+        self, run_id: str, task_id: str
+    ) -> tuple[list[NodeRecord], list[JudgementRecord], dict[str, ModelCallRecord]]:
+        """A task attempt's nodes and judgements (creation order) and its model calls by
+        call id, in one read (what an export needs of one task)."""
+        n, j, m = schema.nodes, schema.judgements, schema.model_calls
+        nodes_q = (
+            select(n)
+            .where(n.c.run_id == run_id, n.c.task_id == task_id)
+            .order_by(n.c.created_at, n.c.id)
+        )
+        judgements_q = (
+            select(j)
+            .where(j.c.run_id == run_id, j.c.task_id == task_id)
+            .order_by(j.c.created_at, j.c.id)
+        )
+        calls_q = select(m).where(m.c.run_id == run_id, m.c.task_id == task_id)
+
+        def read(
+            c: Connection,
+        ) -> tuple[list[NodeRecord], list[JudgementRecord], dict[str, ModelCallRecord]]:
+            calls = _records(ModelCallRecord, c.execute(calls_q).mappings())
+            return (
+                _records(NodeRecord, c.execute(nodes_q).mappings()),
+                _records(JudgementRecord, c.execute(judgements_q).mappings()),
+                {call.id: call for call in calls},
+            )
+
+        return await self._read(read)
+
+    async def call_models(self, run_id: str) -> list[tuple[str, str, int]]:
+        """(model, role, calls) of a run's model calls, most calls first (for reports)."""
+        t = schema.model_calls
+        n = func.count().label("n")
+        stmt = (
+            select(t.c.model, t.c.role, n)
+            .where(t.c.run_id == run_id)
+            .group_by(t.c.model, t.c.role)
+            .order_by(n.desc(), t.c.model, t.c.role)
+        )
+        return await self._read(
+            lambda c: [(str(r[0]), str(r[1]), int(r[2])) for r in c.execute(stmt)]
+        )
+
     async def count_calls(self, run_id: str, *, cached: bool | None = None) -> int:
         """How many model calls a run made (optionally only cache hits or misses)."""
         t = schema.model_calls

@@ -31,7 +31,8 @@ says why. Retrieved passages are stored on the root node (``meta["passages"]``);
 retriever is not journalled, so a resumed run calls it again.
 
 Tree: the first answer is a ``generate`` child of the root, each refinement a
-``refine`` child of the version it revises (``meta["round"]``); each critique is a
+``refine`` child of the version it revises (``meta["round"]``, and
+``meta["feedback_ids"]``: the critique it was given); each critique is a
 ``critic`` judgement on the version it checks, with the per-step findings in
 ``meta["steps"]`` and the first flagged step in ``first_wrong_step`` (-1 when none).
 
@@ -204,7 +205,8 @@ class EvidenceRefine(Strategy):
             node = tree.add(node, role="refiner", operator="refine", key=r + 1, text=c.text,
                             answer=parse_answer(task, c.text),
                             call_id=resp.call_ids[0] if resp.call_ids else None,
-                            sample_index=c.sample_index, meta={"round": r + 1})
+                            sample_index=c.sample_index,
+                            meta={"round": r + 1, "feedback_ids": [judgement.id]})
 
         chosen = choose_version(versions, keep_best=cfg.keep_best)
         for v, j in versions:

@@ -24,9 +24,11 @@ is the mean of its critics' normalised scores.
 
 Judgements: each critic's critique (role ``critic``, ``meta["critic"]`` its role
 name, ``meta["points"]`` its points) and the merged one (role ``merged_critique``,
-source ``strategy:multi_critic``, score on 0..1). MultiCritique merges with a model;
-this merge is a deterministic rule, so it costs nothing and can be tested exactly
-(a deliberate difference).
+source ``strategy:multi_critic``, score on 0..1). A refinement's
+``meta["feedback_ids"]`` names the merged critique and the critiques of the critics
+that raised its points (their words are what the refiner reads). MultiCritique
+merges with a model; this merge is a deterministic rule, so it costs nothing and
+can be tested exactly (a deliberate difference).
 """
 
 from __future__ import annotations
@@ -309,6 +311,8 @@ class MultiCritic(Strategy):
         )
         out_of_budget: BudgetExceeded | None = None
         parsed: list[tuple[str, PointsVerdict, float | None]] = []
+        judged: dict[str, str] = {}  # critic name -> its judgement's id
+        confirmed: list[str] = []  # a failing verifier's judgement, when it adds a point
         for name, critic, res in zip(cfg.critics, critics, results, strict=True):
             if isinstance(res, BudgetExceeded):
                 out_of_budget = out_of_budget or res
@@ -332,6 +336,7 @@ class MultiCritic(Strategy):
                                scale=critic.scale, verdict=v.verdict, critique=format_points(v),
                                meta=meta)
             parsed.append((name, v, j.normalised))
+            judged[name] = j.id
         if out_of_budget is not None:
             raise out_of_budget  # the version's critiques are partial: it stays unscored
         if not parsed:
@@ -343,12 +348,16 @@ class MultiCritic(Strategy):
             if vj is not None and vj.verdict == "incorrect":
                 merged.append(MergedPoint(None, vj.critique or "the check failed", [],
                                           confirmed_by=vj.source))
+                confirmed.append(vj.id)
         scores = [s for _, _, s in parsed if s is not None]
         score = sum(scores) / len(scores) if scores else None
         text = format_merged(merged, len(parsed))
-        ctx.tree.judge(node, source="strategy:multi_critic", role="merged_critique", key=rnd,
-                       score=score, scale=(0.0, 1.0),
-                       verdict="incorrect" if merged else "correct", critique=text,
-                       meta={"round": rnd, "points": [m.to_dict() for m in merged],
-                             "critics": [name for name, _, _ in parsed]})
-        return Assessment(score, not merged, text)
+        mj = ctx.tree.judge(node, source="strategy:multi_critic", role="merged_critique",
+                            key=rnd, score=score, scale=(0.0, 1.0),
+                            verdict="incorrect" if merged else "correct", critique=text,
+                            meta={"round": rnd, "points": [m.to_dict() for m in merged],
+                                  "critics": [name for name, _, _ in parsed]})
+        # the refiner reads the merged critique, worded from the critics behind its points
+        behind = [judged[name] for name, _, _ in parsed
+                  if any(name in m.raised_by for m in merged)]
+        return Assessment(score, not merged, text, [mj.id, *behind, *confirmed])

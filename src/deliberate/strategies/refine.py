@@ -23,8 +23,10 @@ holds self-reflections the model writes after a failed trial; here the critiques
 play that part, which saves one call per round (a deliberate difference).
 
 Each version is a child of the version it repairs (operator ``refine``, role
-``refiner``, ``meta["round"]``); each critique is a judgement (role ``critic``) on
-the version it judges. Defaults follow the literature: Self-Refine runs up to 4
+``refiner``, ``meta["round"]``, and ``meta["feedback_ids"]``: the judgements whose
+words the refiner was given; with memory, ``meta["memory_ids"]`` those of the
+earlier critiques); each critique is a judgement (role ``critic``) on the version
+it judges. Defaults follow the literature: Self-Refine runs up to 4
 iterations; ``max_rounds`` 3 refinements gives 4 versions. A critique that cannot be
 parsed (after one repair request) is recorded as a parse failure and its raw text
 is still handed to the refiner, which is what a person would read.
@@ -108,12 +110,15 @@ class Assessment:
 
     ``score`` is normalised to [0, 1] (None: could not be judged) and ranks
     versions for the keep-best guard; ``feedback`` is what the refiner is shown
-    (None: nothing to act on, which ends the loop).
+    (None: nothing to act on, which ends the loop); ``feedback_ids`` are the
+    judgements whose words make up ``feedback``, kept on the refinement (when there
+    are any) so exports can tell which critique drove it.
     """
 
     score: float | None
     accepted: bool
     feedback: str | None
+    feedback_ids: list[str] = field(default_factory=list)
 
 
 Assess = Callable[[NodeRecord, int], Awaitable[Assessment]]
@@ -163,6 +168,7 @@ async def refine_loop(ctx: TaskContext, start: NodeRecord, assess: Assess,
     versions = [start]
     scores: list[float | None] = []
     feedbacks: list[str] = []
+    feedback_ids: list[list[str]] = []
     stale = 0
     best: float | None = None
     stop = "max_rounds"
@@ -178,6 +184,7 @@ async def refine_loop(ctx: TaskContext, start: NodeRecord, assess: Assess,
             stop = "budget"
             break
         scores.append(a.score)
+        ids = list(a.feedback_ids)  # the judgements behind the feedback
         if rnd > 0:
             if a.score is not None and (best is None or a.score > best):
                 stale = 0
@@ -203,6 +210,7 @@ async def refine_loop(ctx: TaskContext, start: NodeRecord, assess: Assess,
             stop = "no_feedback"
             break
         memory = list(feedbacks) if settings.memory else []
+        memory_ids = [i for past in feedback_ids for i in past] if settings.memory else []
         try:
             resp = await refiner.refine_with(ctx.task, current.text, a.feedback, memory,
                                              node_id=current.id, sample=rnd)
@@ -210,6 +218,7 @@ async def refine_loop(ctx: TaskContext, start: NodeRecord, assess: Assess,
             stop = "budget"
             break
         feedbacks.append(a.feedback)
+        feedback_ids.append(ids)
         if not resp.completions:
             stop = "no_feedback"
             notes.append("the refiner returned nothing")
@@ -219,8 +228,12 @@ async def refine_loop(ctx: TaskContext, start: NodeRecord, assess: Assess,
         meta: dict[str, Any] = {"round": rnd}
         if c.finish_reason not in (None, "stop"):
             meta["finish_reason"] = c.finish_reason
+        if ids:
+            meta["feedback_ids"] = ids
         if settings.memory and memory:
             meta["memory"] = len(memory)
+            if memory_ids:
+                meta["memory_ids"] = memory_ids
         current = ctx.tree.add(
             current, role="refiner", operator="refine", key=rnd, text=c.text,
             answer=parse_answer(ctx.task, c.text),
@@ -284,11 +297,11 @@ class Refine(Strategy):
             res = await critic.judge(ctx.task, node.text, node_id=node.id)
             j = record_critique(ctx, node, critic, res, key=rnd, meta={"round": rnd})
             if res.verdict is None:
-                return Assessment(None, False, res.raw.strip() or None)
+                return Assessment(None, False, res.raw.strip() or None, [j.id])
             v = res.verdict
             accepted = v.verdict == "correct" and (
                 cfg.accept_score is None or v.score >= cfg.accept_score)
-            return Assessment(j.normalised, accepted, format_feedback(v, critic.scale))
+            return Assessment(j.normalised, accepted, format_feedback(v, critic.scale), [j.id])
 
         settings = LoopSettings(max_rounds=cfg.max_rounds, patience=cfg.patience,
                                 stop_on_verifier=cfg.stop_on_verifier, keep_best=cfg.keep_best,
