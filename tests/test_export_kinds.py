@@ -652,8 +652,8 @@ async def test_route_run_gives_whole_candidate_revisions(tmp_path: Path) -> None
             assert text.endswith("\n".join(split_steps(good.text)[k - 1:]))
             assert parse_answer(load_task(tree.task_id), text) == good.answer
             n_rev += 1
-        got = rows(critique, tree)  # route records no feedback_ids: the fallback links them
-        assert all(e.provenance["linked_by"] == "fallback" for e in got)
+        got = rows(critique, tree)  # route records the step reviews behind each refinement
+        assert all(e.provenance["linked_by"] == "feedback_ids" for e in got)
         assert all(e.provenance["critic_role"] == "step_critic" for e in got)
     assert n_rev >= 1
 

@@ -221,8 +221,10 @@ async def test_below_the_threshold_is_hard_and_refines_the_flagged_step(tmp_path
     nodes, judgements = await load(tmp_path, res.run_id)
     start = next(n for n in nodes if n.operator == "generate" and n.sample_index == 0)
     fixed = next(n for n in nodes if n.operator == "refine")
+    review = next(j for j in judgements if j.role == "step_critic" and j.node_id == start.id)
     assert fixed.parent_id == start.id and fixed.meta == {"round": 1, "chosen": True,
-                                                          "route": "hard"}
+                                                          "route": "hard",
+                                                          "feedback_ids": [review.id]}
     reviews = [(j.node_id, j.first_wrong_step, j.verdict, j.score)
                for j in judgements if j.role == "step_critic"]
     assert reviews == [(start.id, 2, "incorrect", pytest.approx(1 / 3)),

@@ -89,9 +89,9 @@ def targeted_feedback(review: StepReview) -> str | None:
             f"{keep}Redo step {step} and every step after it.")
 
 
-def _assessment(review: StepReview) -> Assessment:
+def _assessment(review: StepReview, judgement: JudgementRecord) -> Assessment:
     return Assessment(review.score, review.first_wrong_step == NO_ERROR,
-                      targeted_feedback(review))
+                      targeted_feedback(review), [judgement.id])
 
 
 class RouteConfig(StrategyConfig):
@@ -154,8 +154,8 @@ class Route(Strategy):
 
         async def assess(node: NodeRecord, rnd: int) -> Assessment:
             review = await critic.review(ctx.task, node.text, node_id=node.id)
-            record_step_review(ctx, node, critic, review, key=rnd, meta={"round": rnd})
-            return _assessment(review)
+            j = record_step_review(ctx, node, critic, review, key=rnd, meta={"round": rnd})
+            return _assessment(review, j)
 
         settings = LoopSettings(max_rounds=cfg.max_rounds, patience=cfg.patience,
                                 keep_best=cfg.keep_best)
@@ -191,19 +191,20 @@ class Route(Strategy):
             return_exceptions=True,
         )
         budget: BudgetExceeded | None = None
-        best: tuple[tuple[float, float, int], NodeRecord, StepReview] | None = None
+        best: tuple[tuple[float, float, int], NodeRecord, StepReview, JudgementRecord] | None = None
         for i, ((key, node), res) in enumerate(zip(pool, results, strict=True)):
             if isinstance(res, BudgetExceeded):
                 budget = budget or res
                 continue
             if isinstance(res, BaseException):
                 raise res
-            record_step_review(ctx, node, critic, res, key=0, meta={"round": 0, "select": True})
+            j = record_step_review(ctx, node, critic, res, key=0,
+                                   meta={"round": 0, "select": True})
             score = res.score if res.score is not None else -1.0
             rank = (score * tally.get(key, 1.0), score, -i)
             if best is None or rank > best[0]:
-                best = (rank, node, res)
+                best = (rank, node, res, j)
         if budget is not None:
             raise budget
         assert best is not None
-        return best[1], _assessment(best[2])
+        return best[1], _assessment(best[2], best[3])
