@@ -168,6 +168,29 @@ async def test_run_ledger_is_shared_by_task_ledgers() -> None:
     assert run.tokens <= 300 and run.limited
 
 
+async def test_a_call_that_does_not_fit_waits_for_calls_in_flight_to_settle() -> None:
+    """Reservations are upper bounds: concurrent calls under a tight budget wait for
+    what the calls in flight did not use instead of being refused at once."""
+    started: list[int] = []
+
+    async def slow(r: ChatRequest, i: int) -> str:
+        started.append(len(started))
+        await asyncio.sleep(0.01)
+        return "one"
+
+    ledger = Ledger(limits=Limits(max_tokens=150))
+    m = BudgetedModel(FunctionModel(slow), ledger, default_max_tokens=100)
+    # each call reserves 2 + 8 + 8 + 100 = 118 tokens but uses far fewer: one at a time fits
+    results = await asyncio.gather(*(m.complete(req(text="hi")) for _ in range(4)),
+                                   return_exceptions=True)
+    assert all(not isinstance(r, BaseException) for r in results), results
+    assert len(started) == 4 and ledger.tokens <= 150 and not ledger.limited
+    # when nothing is in flight and the call still cannot fit, it is refused
+    with pytest.raises(BudgetExceeded):
+        await m.complete(req(text="x" * 200))
+    assert ledger.limited
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     budget=st.integers(min_value=1, max_value=3000),

@@ -5,13 +5,17 @@ parent (the run's), and a call must fit both. Budgets are *hard*: before a call,
 the :class:`BudgetedModel` reserves an upper bound of what the call can consume
 (prompt bytes as a token bound — every byte-level tokenizer needs at most one
 token per byte — plus ``max_tokens`` per sample) and refuses a call that might not
-fit. When only some of the asked-for samples fit, it asks for fewer and marks the
-ledger as limited. Budgets count what the strategy consumed, cached or replayed
+fit. A call that does not fit while other calls are in flight waits for them to
+settle first (a reservation is an upper bound; what a call did not use comes
+back), so concurrency does not turn a budget into a fraction of itself. When only
+some of the asked-for samples fit with nothing in flight, it asks for fewer and
+marks the ledger as limited. Budgets count what the strategy consumed, cached or replayed
 included, so a run's results never depend on the state of the cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import time
 from dataclasses import dataclass, field, replace
@@ -90,6 +94,7 @@ class Ledger:
     _reserved_tokens: int = 0
     _reserved_calls: int = 0
     _reserved_cost: float = 0.0
+    _settled: asyncio.Event | None = None
 
     @property
     def tokens(self) -> int:
@@ -151,6 +156,29 @@ class Ledger:
                 k, why = pk, pwhy
         return k, why
 
+    def in_flight(self) -> bool:
+        """Whether a reservation is outstanding here or in a parent."""
+        return self._reserved_calls > 0 or (self.parent is not None and self.parent.in_flight())
+
+    async def wait_settled(self) -> None:
+        """Wait until some call in flight here or in a parent settles."""
+        events: list[asyncio.Event] = []
+        level: Ledger | None = self
+        while level is not None:
+            if level._reserved_calls > 0:
+                if level._settled is None:
+                    level._settled = asyncio.Event()
+                events.append(level._settled)
+            level = level.parent
+        if not events:
+            return
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     def reserve(self, r: Reservation) -> None:
         self._reserved_tokens += r.tokens
         self._reserved_calls += r.calls
@@ -172,6 +200,9 @@ class Ledger:
             self.cached_calls += r.calls
         else:
             self.paid_calls += r.calls
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
         if self.parent is not None:
             self.parent.settle(r, usage, cost, latency_s, cached=cached)
 
@@ -205,6 +236,12 @@ class BudgetedModel(ModelWrapper):
         prompt_cost = price.cost(Usage(prompt_bound, 0))
         sample_cost = price.cost(Usage(0, max_tokens))
         k, why = ledger.affordable(prompt_bound, max_tokens, sample_cost, prompt_cost, request.n)
+        while k < request.n and ledger.in_flight():
+            # what the calls in flight do not use comes back when they settle
+            await ledger.wait_settled()
+            ledger.check_time()
+            k, why = ledger.affordable(prompt_bound, max_tokens, sample_cost, prompt_cost,
+                                       request.n)
         if k < 1:
             what = why or "tokens"
             ledger.mark_limited(what)
