@@ -15,7 +15,7 @@ from rich.tree import Tree
 from deliberate.cli.common import console, fmt_pct
 from deliberate.errors import UsageError
 from deliberate.store import Store
-from deliberate.tree import AttemptRecord, JudgementRecord, NodeRecord
+from deliberate.tree import AttemptRecord, JudgementRecord, NodeRecord, RunRecord
 
 StoreOpt = Annotated[str | None, typer.Option(help="database URL or SQLite path")]
 
@@ -51,12 +51,21 @@ async def _runs(store_url: str | None, limit: int) -> None:
             r.id,
             time.strftime("%m-%d %H:%M", time.localtime(r.created_at)),
             r.status,
-            f"{cfg.get('strategy', '')} on {cfg.get('suite', '')}",
+            _what(cfg),
             str(s.get("tasks", "—")),
             fmt_pct(s.get("accuracy")),
             *([escape(str(s.get("model") or cfg.get("model") or "default"))] if wide else []),
         )
     console.print(t)
+
+
+def _what(cfg: dict[str, object]) -> str:
+    """What a run ran: a strategy on a suite, or a sweep's cells."""
+    if cfg.get("kind") == "sweep":
+        cells = cfg.get("cells")
+        n = len(cells) if isinstance(cells, list) else 0
+        return f"sweep of {n} cells (deliberate report ID)"
+    return f"{cfg.get('strategy', '')} on {cfg.get('suite', '')}"
 
 
 def show_cmd(
@@ -102,6 +111,12 @@ async def _show(run_id: str, task_id: str | None, store_url: str | None,
         run = await st.get_run(run_id)
         if run is None:
             raise UsageError(f"no run {run_id!r} in {st.url}; see 'deliberate runs'")
+        if run.config.get("kind") == "sweep" and task_id is None:
+            cells = run.config.get("cells")
+            runs = [await st.get_run(str(c.get("run_id"))) for c in cells or []
+                    if isinstance(c, dict)]
+            _print_sweep(run.id, run.status, cells if isinstance(cells, list) else [], runs)
+            return
         attempts = await st.get_attempts(run_id)
         if task_id is None:
             _print_run(run.id, run.status, run.config, attempts)
@@ -148,6 +163,25 @@ def attempt_summary(a: AttemptRecord) -> Table:
     if isinstance(notes, list) and notes:
         t.add_row("notes", escape("; ".join(str(n) for n in notes)))
     return t
+
+
+def _print_sweep(sweep_id: str, status: str, cells: list[object],
+                 runs: list[RunRecord | None]) -> None:
+    t = Table(title=f"sweep {sweep_id} ({status}): {len(cells)} cells", header_style="bold")
+    for col in ("cell", "run", "status", "accuracy", "tokens/task"):
+        t.add_column(col)
+    for cell, rec in zip(cells, runs, strict=True):
+        label = str(cell.get("label", "")) if isinstance(cell, dict) else ""
+        if rec is None:
+            t.add_row(escape(label), "—", "not started", "—", "—")
+            continue
+        s = rec.summary
+        tasks = s.get("tasks") or 0
+        tokens = (s.get("prompt_tokens") or 0) + (s.get("completion_tokens") or 0)
+        per = f"{tokens / tasks:,.0f}" if isinstance(tasks, int) and tasks else "—"
+        t.add_row(escape(label), rec.id, rec.status, fmt_pct(s.get("accuracy")), per)
+    console.print(t)
+    console.print(f"see a cell with: deliberate show RUN; the report: deliberate report {sweep_id}")
 
 
 def _print_run(run_id: str, status: str, config: dict[str, object], attempts: list) -> None:  # type: ignore[type-arg]

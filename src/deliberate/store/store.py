@@ -29,7 +29,7 @@ import copy
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -529,6 +529,27 @@ class Store:
         if cached is not None:
             stmt = stmt.where(t.c.cached == cached)
         return await self._read(lambda c: int(c.execute(stmt).scalar_one()))
+
+    async def call_totals(self, run_ids: Sequence[str], *, cached: bool | None = None
+                          ) -> tuple[int, int, int, float]:
+        """(calls, prompt tokens, completion tokens, cost) of the model calls recorded
+        for these runs (optionally only cache hits or misses): what a sweep of many runs
+        has paid for so far."""
+        t = schema.model_calls
+        stmt = select(func.count(), func.coalesce(func.sum(t.c.prompt_tokens), 0),
+                      func.coalesce(func.sum(t.c.completion_tokens), 0),
+                      func.coalesce(func.sum(t.c.cost), 0.0)).where(
+            t.c.run_id.in_(list(run_ids)))
+        if cached is not None:
+            stmt = stmt.where(t.c.cached == cached)
+
+        def read(c: Connection) -> tuple[int, int, int, float]:
+            row = c.execute(stmt).one()
+            return int(row[0]), int(row[1]), int(row[2]), float(row[3])
+
+        if not run_ids:
+            return 0, 0, 0, 0.0
+        return await self._read(read)
 
     # -------------------------------------------------------------- internals
 
