@@ -9,6 +9,7 @@ import os
 
 from typer.testing import CliRunner
 
+
 def commands() -> list[tuple[str, ...]]:
     """Every command path of the CLI, groups before their commands, in help order."""
     import typer
