@@ -96,10 +96,10 @@ async def test_same_seeded_run_twice_makes_no_model_call_the_second_time(tmp_pat
 
 @pytest.mark.parametrize("seed", range(12))
 async def test_token_budget_never_exceeded_and_tasks_marked(tmp_path: Path, seed: int) -> None:
-    budget = 900 + 150 * seed
+    budget = 700 + 100 * seed
     res = await arun(config(tmp_path, "sim", seed=seed, cache=False, limit=6,
                             task_budget={"max_tokens": budget},
-                            strategy_params={"n": 6 + seed % 5},
+                            strategy_params={"n": 8 + seed % 5},
                             generator={"max_tokens": 160}, judge={"max_tokens": 120}))
     for a in res.attempts:
         assert a.prompt_tokens + a.completion_tokens <= budget
