@@ -16,6 +16,7 @@ from deliberate.cli import inspect as _inspect
 from deliberate.cli import models as _models
 from deliberate.cli import report as _report
 from deliberate.cli import run as _run
+from deliberate.cli import serve as _serve
 from deliberate.cli import strategies as _strategies
 from deliberate.cli.common import console_err
 from deliberate.errors import DeliberateError, UsageError
@@ -36,6 +37,7 @@ app.add_typer(_models.sim_app, name="sim")
 app.add_typer(_models.replay_app, name="replay")
 app.add_typer(_eval.eval_app, name="eval")
 app.command("export")(_export.export_cmd)
+app.command("serve")(_serve.serve_cmd)
 app.command("report")(_report.report_cmd)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from deliberate.config import RunConfig
 from deliberate.engine.context import RoleFactory, TaskContext, TaskTree
 from deliberate.engine.journal import TaskJournal
+from deliberate.engine.observe import ObservedModel, RunObserver
 from deliberate.errors import (
     BudgetExceeded,
     ConfigError,
@@ -147,7 +148,12 @@ def summarise(attempts: list[AttemptRecord], wall_s: float | None = None) -> dic
 
 
 class Engine:
-    """Runs one :class:`RunConfig`; ``models`` overrides backends by model string (tests)."""
+    """Runs one :class:`RunConfig`; ``models`` overrides backends by model string (tests).
+
+    Embedding programs (the server) may also give the ``strategy`` object to run
+    instead of the one the config names, and an ``observer`` that sees every model
+    call of the run as it happens (:mod:`deliberate.engine.observe`).
+    """
 
     def __init__(
         self,
@@ -157,6 +163,8 @@ class Engine:
         models: dict[str, ChatModel] | None = None,
         suite: Suite | None = None,
         progress: ProgressFn | None = None,
+        strategy: Strategy | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self.config = config
         self._store = store
@@ -164,6 +172,8 @@ class Engine:
         self._model_overrides = models or {}
         self._suite = suite
         self._progress = progress
+        self._strategy = strategy
+        self._observer = observer
         self._stacks: dict[str, ChatModel] = {}
         self._cache: ResponseCache | None = None
         self._prompts = Prompts(config.prompts_dir)
@@ -219,7 +229,7 @@ class Engine:
         suite = self._suite or load_suite(cfg.suite, limit=cfg.limit)
         if cfg.limit is not None:
             suite = suite.head(cfg.limit)
-        strategy = build_strategy(cfg.strategy, cfg.strategy_params)
+        strategy = self._strategy or build_strategy(cfg.strategy, cfg.strategy_params)
         if len(suite):
             grading_verifier(cfg.verifier, suite.tasks[0])  # a bad spec fails before any call
         prices = cfg.price_table()
@@ -352,9 +362,13 @@ class Engine:
         journal = TaskJournal(store, run_id=run_id, task_id=task.id, recorded=recorded,
                               prices=prices)
 
+        observer = self._observer
+
         def bind(name: str) -> ChatModel:
             rc = cfg.role(name)
             stack = self._stack(self._model_string(rc.model), suite)
+            if observer is not None:
+                stack = ObservedModel(stack, observer, task.id)
             return BudgetedModel(journal.wrap(stack), ledger, prices,
                                  default_max_tokens=rc.max_tokens)
 
@@ -383,6 +397,8 @@ class Engine:
         finally:
             self.replayed_calls += journal.replayed
             self.recorded_calls += journal.recorded_now
+        if result is not None and observer is not None:
+            observer.task_result(task.id, result.node, result.note)
         if result is not None:
             attempt.final_node_id = result.node.id if result.node else None
             attempt.answer = result.answer
@@ -435,10 +451,12 @@ async def arun(
     models: dict[str, ChatModel] | None = None,
     suite: Suite | None = None,
     progress: ProgressFn | None = None,
+    strategy: Strategy | None = None,
+    observer: RunObserver | None = None,
 ) -> RunResult:
     """Run (or, given the id of an existing run, resume) a configured run."""
-    return await Engine(config, store=store, models=models, suite=suite,
-                        progress=progress).run(run_id)
+    return await Engine(config, store=store, models=models, suite=suite, progress=progress,
+                        strategy=strategy, observer=observer).run(run_id)
 
 
 async def resume_config(store: Store, run_id: str) -> RunConfig:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -139,6 +140,18 @@ class ChatResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of one sample's text, as the model produces it (see :func:`stream_chat`)."""
+
+    sample_index: int
+    text: str
+
+
+StreamEvent = TextDelta | ChatResponse
+"""What a stream yields: text deltas, then exactly one whole :class:`ChatResponse` last."""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelProfile:
     """What a backend can do; capabilities come from here, never from a model's name."""
 
@@ -165,6 +178,29 @@ class ChatModel(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class StreamingChatModel(ChatModel, Protocol):
+    """A chat model that can also hand out its text as it is produced.
+
+    ``stream`` is optional: most of the library only calls ``complete``. A stream
+    yields zero or more :class:`TextDelta` and then one :class:`ChatResponse`, the
+    same response ``complete`` would have returned (each sample's text is the
+    concatenation of its deltas). Closing the stream early cancels the call.
+    """
+
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]: ...
+
+
+async def stream_chat(model: ChatModel, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    """``model``'s stream if it has one, else its whole response as the only event."""
+    if not isinstance(model, StreamingChatModel):
+        yield await model.complete(request)
+        return
+    async with aclosing(model.stream(request)) as events:
+        async for event in events:
+            yield event
+
+
 class ModelWrapper:
     """Base for middleware: one concern each, delegating the rest to ``inner``."""
 
@@ -181,6 +217,12 @@ class ModelWrapper:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         return await self.inner.complete(request)
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """No streaming by default: a wrapper's concern lives in ``complete``, and a
+        wrapper that has not said how to stream must not be bypassed. Wrappers that
+        can stream override this."""
+        yield await self.complete(request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -14,6 +14,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
 
 from deliberate.models.base import (
@@ -22,8 +24,10 @@ from deliberate.models.base import (
     ChatResponse,
     Completion,
     ModelWrapper,
+    StreamEvent,
     Usage,
     split_usage,
+    stream_chat,
 )
 
 _SCHEMA = """
@@ -128,22 +132,8 @@ class CachedModel(ModelWrapper):
             cost += resp.cost
             served_by = resp.model
             usage = usage + resp.usage
-            parts = split_usage(resp.usage, resp.completions)
-            items: list[tuple[str, dict[str, object]]] = []
-            for c, u in zip(resp.completions, parts, strict=True):
-                fresh.append(c)
-                items.append(
-                    (
-                        keys[c.sample_index],
-                        {
-                            "text": c.text,
-                            "finish_reason": c.finish_reason,
-                            "prompt_tokens": u.prompt_tokens,
-                            "completion_tokens": u.completion_tokens,
-                        },
-                    )
-                )
-            await asyncio.to_thread(self.cache.put_many, model_id, items)
+            fresh.extend(resp.completions)
+            await self._store(keys, resp)
         for c in fresh:
             completions[c.sample_index] = c
         return ChatResponse(
@@ -153,6 +143,41 @@ class CachedModel(ModelWrapper):
             latency_s=latency,
             cost=cost,
         )
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Stream from the inner model when no sample is cached, storing the result at
+        the end; a request with cached samples is answered whole (cached text is
+        there at once, and a partly cached one asks only for what is missing)."""
+        model_id = self.model_id
+        prefix = request.prefix_key(model_id)
+        keys = {i: request.sample_key(model_id, i, prefix) for i in request.sample_indices}
+        found = await asyncio.to_thread(self.cache.get_many, list(keys.values()))
+        if found:
+            yield await self.complete(request)
+            return
+        self.misses += len(keys)
+        async with aclosing(stream_chat(self.inner, request)) as events:
+            async for event in events:
+                if isinstance(event, ChatResponse):
+                    await self._store(keys, event)
+                yield event
+
+    async def _store(self, keys: dict[int, str], resp: ChatResponse) -> None:
+        parts = split_usage(resp.usage, resp.completions)
+        items: list[tuple[str, dict[str, object]]] = []
+        for c, u in zip(resp.completions, parts, strict=True):
+            items.append(
+                (
+                    keys[c.sample_index],
+                    {
+                        "text": c.text,
+                        "finish_reason": c.finish_reason,
+                        "prompt_tokens": u.prompt_tokens,
+                        "completion_tokens": u.completion_tokens,
+                    },
+                )
+            )
+        await asyncio.to_thread(self.cache.put_many, self.model_id, items)
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

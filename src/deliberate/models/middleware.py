@@ -9,10 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from deliberate.errors import ModelError
-from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, ModelWrapper
+from deliberate.models.base import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    ModelWrapper,
+    StreamEvent,
+    TextDelta,
+    stream_chat,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +64,39 @@ class RetryModel(ModelWrapper):
             except ModelError as exc:
                 if not exc.retryable or attempt >= self.policy.max_attempts:
                     raise
-                retry_after = getattr(exc, "retry_after", None)
-                delay = self.policy.delay(attempt, self._rng, retry_after)
-                log.info(
-                    "retrying %s after %s (attempt %d, sleeping %.2fs)",
-                    self.model_id,
-                    type(exc).__name__,
-                    attempt,
-                    delay,
-                )
-                self.retries += 1
+                await self._backoff(exc, attempt)
                 attempt += 1
-                await asyncio.sleep(delay)
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Retry a stream that fails before its first delta; once text has gone out it
+        cannot be taken back, so a later failure goes straight through."""
+        attempt = 1
+        while True:
+            started = False
+            try:
+                async with aclosing(stream_chat(self.inner, request)) as events:
+                    async for event in events:
+                        started = started or isinstance(event, TextDelta)
+                        yield event
+                return
+            except ModelError as exc:
+                if started or not exc.retryable or attempt >= self.policy.max_attempts:
+                    raise
+                await self._backoff(exc, attempt)
+                attempt += 1
+
+    async def _backoff(self, exc: ModelError, attempt: int) -> None:
+        retry_after = getattr(exc, "retry_after", None)
+        delay = self.policy.delay(attempt, self._rng, retry_after)
+        log.info(
+            "retrying %s after %s (attempt %d, sleeping %.2fs)",
+            self.model_id,
+            type(exc).__name__,
+            attempt,
+            delay,
+        )
+        self.retries += 1
+        await asyncio.sleep(delay)
 
 
 class ConcurrencyLimitModel(ModelWrapper):
@@ -86,5 +117,17 @@ class ConcurrencyLimitModel(ModelWrapper):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
                 return await self.inner.complete(request)
+            finally:
+                self.in_flight -= 1
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """A stream holds its slot until its last event (or until it is closed)."""
+        async with self._sem:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                async with aclosing(stream_chat(self.inner, request)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 self.in_flight -= 1

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 import openai
-from openai import AsyncOpenAI, DefaultAioHttpClient
-from openai.types.chat import ChatCompletion
+from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from deliberate.errors import (
     ModelAuthError,
@@ -40,7 +40,15 @@ from deliberate.errors import (
     ModelResponseError,
     ModelTimeoutError,
 )
-from deliberate.models.base import ChatRequest, ChatResponse, Completion, ModelProfile, Usage
+from deliberate.models.base import (
+    ChatRequest,
+    ChatResponse,
+    Completion,
+    ModelProfile,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 
 __all__ = [
     "DEFAULT_OPENAI_BASE_URL",
@@ -403,6 +411,73 @@ class OpenAIChatModel:
             return comps, usage
 
         return await run_calls(request, self._profile, one, self.model_id)
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """The completion as the endpoint streams it (``stream=true``), then whole.
+
+        Usage comes from the stream's last chunk (``stream_options.include_usage``);
+        an endpoint that sends none is counted as 0 tokens, as ``complete`` counts a
+        response without usage. A request that needs several HTTP calls (more
+        samples than one call may ask for) is answered whole, not streamed.
+        """
+        calls = plan_calls(request, self._profile)
+        if len(calls) != 1:
+            yield await self.complete(request)
+            return
+        call = calls[0]
+        messages: Any = [m.to_dict() for m in request.messages]
+        body = {"model": self.model, "messages": messages, **request_body(request, call),
+                **request.extra, "stream": True, "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        usage: Usage | None = None
+        try:
+            chunks = await self._client.post(
+                "/chat/completions", body=body, cast_to=ChatCompletion, stream=True,
+                stream_cls=AsyncStream[ChatCompletionChunk])
+            try:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        usage = usage_of(chunk)
+                    for choice in chunk.choices:
+                        parts = texts.setdefault(choice.index, [])
+                        piece = choice.delta.content if choice.delta is not None else None
+                        if piece:
+                            parts.append(piece)
+                            yield TextDelta(call.offset + choice.index, piece)
+                        if choice.finish_reason is not None:
+                            finish[choice.index] = choice.finish_reason
+            finally:
+                await chunks.close()
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+        except httpx.TimeoutException as exc:
+            raise ModelTimeoutError(
+                f"{self.base_url} stopped streaming for {self.timeout_s:g}s (model {self.model})"
+            ) from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ModelResponseError(
+                f"{self.base_url} broke off the stream for model {self.model}: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            ) from exc
+        if sorted(texts) != list(range(call.n)):
+            raise ModelResponseError(
+                f"{self.base_url} streamed choices {sorted(texts)} for model {self.model} "
+                f"where {call.n} were asked for"
+            )
+        total = usage or Usage()
+        completions = [
+            Completion(
+                text="".join(texts[i]),
+                sample_index=call.offset + i,
+                finish_reason=finish.get(i),
+                completion_tokens=total.completion_tokens if call.n == 1 and usage else None,
+            )
+            for i in range(call.n)
+        ]
+        yield ChatResponse(completions=completions, usage=total, model=self.model_id,
+                           latency_s=time.perf_counter() - started)
 
     async def list_models(self) -> list[str]:
         """Ids of the models the endpoint serves (``GET /models``)."""

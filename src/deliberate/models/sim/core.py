@@ -18,7 +18,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -34,6 +34,8 @@ from deliberate.models.base import (
     Completion,
     Message,
     ModelProfile,
+    StreamEvent,
+    TextDelta,
     Usage,
 )
 from deliberate.models.sim.code_mutate import describe_difference, mutate_code, same_program
@@ -715,6 +717,25 @@ class SimModel:
         response = self.respond(request)
         response.latency_s = time.perf_counter() - start
         return response
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """The response of :meth:`complete`, one token per sample per step, then whole.
+
+        The loop yields control between steps, as a network stream would, so a
+        consumer sees the first piece before the last is handed out.
+        """
+        start = time.perf_counter()
+        if self.params.latency_ms > 0:
+            await asyncio.sleep(self.params.latency_ms / 1000.0)
+        response = self.respond(request)
+        pieces = [(c.sample_index, token_pieces(c.text)) for c in response.completions]
+        for t in range(max((len(p) for _, p in pieces), default=0)):
+            for index, p in pieces:
+                if t < len(p):
+                    yield TextDelta(index, p[t])
+            await asyncio.sleep(0)
+        response.latency_s = time.perf_counter() - start
+        yield response
 
 
 def _score(
