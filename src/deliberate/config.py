@@ -8,7 +8,7 @@ run state lives in the tree, never in the config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +20,25 @@ from deliberate.models.middleware import RetryPolicy
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FrozenConfig(_Frozen):
+    """A frozen settings object that loads from a mapping or a YAML file with one-line
+    errors naming the file and field (run, sweep and serve configs alike)."""
+
+    config_source: ClassVar[str] = "config"
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str | None = None) -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, source or cls.config_source)
+                              ) from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Self:
+        return cls.from_mapping(load_yaml(path), source=str(path))
 
 
 class RoleConfig(_Frozen):
@@ -59,7 +78,7 @@ class PriceConfig(_Frozen):
     output: float = Field(0.0, ge=0)
 
 
-class RunConfig(_Frozen):
+class RunConfig(FrozenConfig):
     """Everything that determines a run."""
 
     suite: str = "arithmetic"
@@ -117,17 +136,6 @@ class RunConfig(_Frozen):
         return PriceTable(
             tuple((k, Price(v.input, v.output)) for k, v in self.prices.items())
         )
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, source)) from exc
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> RunConfig:
-        return cls.from_mapping(load_yaml(path), source=str(path))
 
     def merged(self, overrides: dict[str, Any]) -> RunConfig:
         """This config with dotted-key overrides applied (``judge.model=...``)."""

@@ -43,8 +43,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -53,12 +52,11 @@ from pydantic import (
     Field,
     StrictFloat,
     StrictInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from deliberate.config import BudgetConfig, RunConfig, describe_validation_error, load_yaml
+from deliberate.config import BudgetConfig, FrozenConfig, RunConfig
 from deliberate.engine.runner import Engine, new_run_id
 from deliberate.engine.runner import Progress as RunProgress
 from deliberate.errors import BudgetExceeded, ConfigError, DeliberateError, UsageError
@@ -177,8 +175,10 @@ class SweepStrategy(_Frozen):
         return self
 
 
-class SweepConfig(_Frozen):
+class SweepConfig(FrozenConfig):
     """Everything that determines a sweep; the cells are derived from it (:func:`expand`)."""
+
+    config_source: ClassVar[str] = "sweep"
 
     name: str | None = None
     base: RunConfig = Field(default_factory=RunConfig,
@@ -218,17 +218,6 @@ class SweepConfig(_Frozen):
             if len(set(xs)) != len(xs):
                 raise ValueError(f"{what} has repeated entries")
         return self
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, source)) from exc
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SweepConfig:
-        return cls.from_mapping(load_yaml(path), source=str(path))
 
     def resolved(self) -> SweepConfig:
         """This config with its suites and models filled in (the default model is read

@@ -12,11 +12,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deliberate.config import BudgetConfig, RunConfig, describe_validation_error, load_yaml
+from deliberate.config import BudgetConfig, FrozenConfig, RunConfig, load_yaml
 from deliberate.errors import ConfigError
 from deliberate.tasks.task import TaskKind
 
@@ -90,8 +90,10 @@ def upstream_name(model: str) -> str:
     return spec.name
 
 
-class ServeConfig(_Frozen):
+class ServeConfig(FrozenConfig):
     """Everything ``deliberate serve`` needs; see docs/server.md."""
+
+    config_source: ClassVar[str] = "serve config"
 
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="port; 0 picks a free one")
@@ -211,13 +213,6 @@ class ServeConfig(_Frozen):
         return RunConfig.model_validate(data)
 
     # ------------------------------------------------------------------ loading
-
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any], *, source: str = "serve config") -> ServeConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, source)) from exc
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, overrides: dict[str, Any] | None = None,
