@@ -54,6 +54,22 @@ async def test_cache_asks_only_for_missing_samples(tmp_path: Path) -> None:
     cache.close()
 
 
+async def test_a_partly_cached_request_reports_the_usage_of_an_uncached_one(
+        tmp_path: Path) -> None:
+    """The prompt counts once however the samples were split between cache and model,
+    so a run's tokens do not depend on what an earlier run left in the cache."""
+    plain = await echo_model().complete(req(n=4))
+    cache = ResponseCache(tmp_path / "c.db")
+    m = CachedModel(echo_model(), cache)
+    await m.complete(req(n=2))  # samples 0, 1 cached (the prompt stored with sample 0)
+    mixed = await m.complete(req(n=4))  # 0, 1 from the cache, 2, 3 asked for
+    assert mixed.usage == plain.usage
+    tail = await m.complete(req(n=2, sample_offset=2))  # wholly cached, without sample 0
+    alone = await echo_model().complete(req(n=2, sample_offset=2))
+    assert tail.cached and tail.usage == alone.usage
+    cache.close()
+
+
 async def test_cache_persists_across_instances(tmp_path: Path) -> None:
     c1 = ResponseCache(tmp_path / "c.db")
     await CachedModel(echo_model(), c1).complete(req(n=3))

@@ -103,7 +103,10 @@ class CachedModel(ModelWrapper):
         self.misses += len(missing)
 
         completions: dict[int, Completion] = {}
-        usage = Usage()
+        # The usage reported is what one uncached request would report, whatever part of
+        # it the cache held: the prompt once, plus every sample's completion.
+        prompt = 0
+        completion = 0
         for i, k in keys.items():
             if k in found:
                 v = found[k]
@@ -113,7 +116,9 @@ class CachedModel(ModelWrapper):
                     finish_reason=_opt_str(v.get("finish_reason")),
                     completion_tokens=_opt_int(v.get("completion_tokens")),
                 )
-                usage = usage + Usage(_int(v.get("prompt_tokens")), _int(v.get("completion_tokens")))
+                prompt = max(prompt, _int(v.get("call_prompt_tokens", v.get("prompt_tokens"))))
+                completion += _int(v.get("completion_tokens"))
+        usage = Usage(prompt, completion)
         if not missing:
             return ChatResponse(
                 completions=[completions[i] for i in request.sample_indices],
@@ -131,14 +136,15 @@ class CachedModel(ModelWrapper):
             latency += resp.latency_s
             cost += resp.cost
             served_by = resp.model
-            usage = usage + resp.usage
+            prompt = max(prompt, resp.usage.prompt_tokens)
+            completion += resp.usage.completion_tokens
             fresh.extend(resp.completions)
             await self._store(keys, resp)
         for c in fresh:
             completions[c.sample_index] = c
         return ChatResponse(
             completions=[completions[i] for i in request.sample_indices if i in completions],
-            usage=usage,
+            usage=Usage(prompt, completion),
             model=served_by,
             latency_s=latency,
             cost=cost,
@@ -173,6 +179,7 @@ class CachedModel(ModelWrapper):
                         "text": c.text,
                         "finish_reason": c.finish_reason,
                         "prompt_tokens": u.prompt_tokens,
+                        "call_prompt_tokens": resp.usage.prompt_tokens,
                         "completion_tokens": u.completion_tokens,
                     },
                 )
