@@ -587,16 +587,7 @@ class ProcessBenchResult:
         return sum(r.status == status for r in self.records)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"form": "processbench", "model": self.model,
-                "config": self.config.model_dump(mode="json"),
-                "metrics": self.metrics.as_dict(),
-                "unreadable": self.count("unreadable"), "failed": self.count("failed"),
-                "skipped": self.count("skipped"), "limited_by": self.limited_by,
-                "usage": {"prompt_tokens": self.usage.prompt_tokens,
-                          "completion_tokens": self.usage.completion_tokens,
-                          "calls": self.usage.calls, "cost": self.usage.cost,
-                          "wall_s": self.usage.wall_s},
-                "items": [r.as_dict() for r in self.records]}
+        return _result_dict(self, "processbench")
 
 
 def _record(item: ProcessBenchItem, outcome: Outcome[ProcessBenchRecord]) -> ProcessBenchRecord:
@@ -782,6 +773,18 @@ def _est(e: Estimate | None) -> dict[str, float | int] | None:
 def _usage_dict(u: EvalUsage) -> dict[str, Any]:
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "calls": u.calls, "cost": u.cost, "wall_s": u.wall_s}
+
+
+def _result_dict(result: Any, form: str, **extra: Any) -> dict[str, Any]:
+    """What ``--out`` writes for any form's result: the form, the model, the form's own
+    fields, the config, the scores, what went unanswered, consumption, every item."""
+    return {"form": form, "model": result.model, **extra,
+            "config": result.config.model_dump(mode="json"),
+            "metrics": result.metrics.as_dict(),
+            "unreadable": result.count("unreadable"), "failed": result.count("failed"),
+            "skipped": result.count("skipped"), "limited_by": result.limited_by,
+            "usage": _usage_dict(result.usage),
+            "items": [r.as_dict() for r in result.records]}
 
 
 def _mean(values: Sequence[float], config: CriticEvalConfig) -> Estimate | None:
@@ -1065,13 +1068,7 @@ class VerdictResult:
         return sum(r.status == status for r in self.records)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"form": "verdict", "model": self.model, "role": self.role,
-                "config": self.config.model_dump(mode="json"),
-                "metrics": self.metrics.as_dict(),
-                "unreadable": self.count("unreadable"), "failed": self.count("failed"),
-                "skipped": self.count("skipped"), "limited_by": self.limited_by,
-                "usage": _usage_dict(self.usage),
-                "items": [r.as_dict() for r in self.records]}
+        return _result_dict(self, "verdict", role=self.role)
 
 
 VerdictRole = Literal["critic", "judge"]
@@ -1346,13 +1343,7 @@ class PairwiseResult:
         return sum(r.status == status for r in self.records)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"form": "pairwise", "model": self.model, "swap": self.swap,
-                "config": self.config.model_dump(mode="json"),
-                "metrics": self.metrics.as_dict(),
-                "unreadable": self.count("unreadable"), "failed": self.count("failed"),
-                "skipped": self.count("skipped"), "limited_by": self.limited_by,
-                "usage": _usage_dict(self.usage),
-                "items": [r.as_dict() for r in self.records]}
+        return _result_dict(self, "pairwise", swap=self.swap)
 
 
 async def evaluate_pairwise(
@@ -1582,13 +1573,7 @@ class LoopResult:
         return sum(r.status == status for r in self.records)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"form": "realcritic", "model": self.model,
-                "config": self.config.model_dump(mode="json"),
-                "metrics": self.metrics.as_dict(),
-                "unreadable": self.count("unreadable"), "failed": self.count("failed"),
-                "skipped": self.count("skipped"), "limited_by": self.limited_by,
-                "usage": _usage_dict(self.usage),
-                "items": [r.as_dict() for r in self.records]}
+        return _result_dict(self, "realcritic")
 
 
 async def _graded(task: Task, text: str) -> bool:
