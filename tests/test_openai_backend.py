@@ -349,6 +349,10 @@ async def test_connection_refused(models: Any) -> None:
             },
             "without text content",
         ),
+        ([{"choices": []}], "other than a chat completion"),
+        ({"object": "error", "message": "busy"}, "other than a chat completion"),
+        ({**_completion(1), "choices": [{"index": 0, "message": {"role": "assistant"}}]},
+         "without text content"),
     ],
 )
 async def test_unusable_responses(models: Any, payload: dict[str, Any], needle: str) -> None:

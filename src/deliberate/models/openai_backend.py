@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+_MAX_CONNECTIONS = 100_000  # RunConfig.max_inflight_calls' own maximum
 
 T = TypeVar("T")
 
@@ -217,6 +220,13 @@ def request_body(request: ChatRequest, call: SampleCall) -> dict[str, Any]:
     return body
 
 
+def field_of(obj: Any, name: str) -> Any:
+    """A field of a provider object: an SDK model's attribute or a parsed JSON key."""
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
 def completions_from_choices(
     choices: Sequence[Any],
     call: SampleCall,
@@ -237,16 +247,16 @@ def completions_from_choices(
             f"{endpoint} returned {len(choices)} choices for model {model} where {call.n} "
             "were asked for; if the server ignores n, use a profile with supports_n=False"
         )
-    given = [getattr(c, "index", None) for c in choices]
+    given = [field_of(c, "index") for c in choices]
     ints = [i for i in given if isinstance(i, int)]
     # Trust the choices' own indices only when they are exactly 0..n-1.
     rel = ints if len(ints) == len(given) and sorted(ints) == list(range(call.n)) else None
     out: list[Completion] = []
     for pos, choice in enumerate(choices):
-        message = getattr(choice, "message", None)
-        content = getattr(message, "content", None)
+        message = field_of(choice, "message")
+        content = field_of(message, "content")
         if not isinstance(content, str):
-            refusal = getattr(message, "refusal", None)
+            refusal = field_of(message, "refusal")
             why = f" (refusal: {short_body(str(refusal), 120)})" if refusal else ""
             raise ModelResponseError(
                 f"{endpoint} returned a choice without text content for model {model}{why}"
@@ -255,7 +265,7 @@ def completions_from_choices(
             Completion(
                 text=content,
                 sample_index=call.offset + (rel[pos] if rel is not None else pos),
-                finish_reason=getattr(choice, "finish_reason", None),
+                finish_reason=field_of(choice, "finish_reason"),
                 completion_tokens=completion_tokens if call.n == 1 else None,
             )
         )
@@ -264,9 +274,9 @@ def completions_from_choices(
 
 def usage_of(response: Any) -> Usage:
     """Token usage of a provider response; missing fields count as 0."""
-    usage = getattr(response, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
-    completion = getattr(usage, "completion_tokens", None) if usage is not None else None
+    usage = field_of(response, "usage")
+    prompt = field_of(usage, "prompt_tokens") if usage is not None else None
+    completion = field_of(usage, "completion_tokens") if usage is not None else None
     return Usage(
         prompt_tokens=prompt if isinstance(prompt, int) else 0,
         completion_tokens=completion if isinstance(completion, int) else 0,
@@ -295,6 +305,14 @@ async def run_calls(
 
 
 # --------------------------------------------------------------------------- backend
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The default TLS context, built once per process: loading the CA bundle costs
+    ~25 ms of CPU, which every run paid again when each client built its own. A
+    context is safe to share between clients and threads."""
+    return httpx.create_ssl_context()
 
 
 def _refused(exc: BaseException) -> bool:
@@ -354,7 +372,12 @@ class OpenAIChatModel:
             # aiohttp's transport: httpx's connection pool rescans every pooled
             # connection per request and costs milliseconds of CPU per call once
             # dozens of calls are in flight (bench/parallel_rollouts.py)
-            http_client = DefaultAioHttpClient(timeout=timeout_s)
+            # The engine's max_inflight_calls is the one limit on calls in flight: the
+            # pool must not add a lower one (the SDK's default is 1,000 connections).
+            http_client = DefaultAioHttpClient(
+                timeout=timeout_s, verify=_tls_context(),
+                limits=httpx.Limits(max_connections=_MAX_CONNECTIONS,
+                                    max_keepalive_connections=_MAX_CONNECTIONS))
         self._client = AsyncOpenAI(
             api_key=key,
             base_url=resolved_url,
@@ -382,11 +405,14 @@ class OpenAIChatModel:
             body = {"model": self.model, "messages": messages, **request_body(request, call),
                     **request.extra}
             try:
-                # ``post`` sends our (already plain JSON) body as it is; the SDK's
-                # ``chat.completions.create`` would first walk it against its
-                # TypedDicts, ~2.5 ms of CPU per call (bench/parallel_rollouts.py)
-                response = await self._client.post(
-                    "/chat/completions", body=body, cast_to=ChatCompletion)
+                # ``post`` sends our (already plain JSON) body as it is, and with
+                # ``cast_to=httpx.Response`` hands the body back unparsed: the SDK's
+                # ``create`` walks the request against its TypedDicts and builds pydantic
+                # models of the reply, together ~1 ms of CPU per call
+                # (bench/engine_overhead.py); we read the few fields we use ourselves.
+                raw = await self._client.post(
+                    "/chat/completions", body=body, cast_to=httpx.Response)
+                response = json.loads(raw.content)
             except openai.OpenAIError as exc:
                 raise self._translate(exc) from exc
             except ValueError as exc:  # a 2xx body that is not JSON
@@ -394,15 +420,15 @@ class OpenAIChatModel:
                     f"{self.base_url} answered model {self.model} with a body that is not "
                     f"valid JSON: {exc}"
                 ) from exc
-            if not isinstance(response, ChatCompletion):
+            if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
                 raise ModelResponseError(
                     f"{self.base_url} answered model {self.model} with something other than "
                     f"a chat completion: {short_body(str(response), 120)}"
                 )
             usage = usage_of(response)
-            has_count = getattr(response, "usage", None) is not None
+            has_count = response.get("usage") is not None
             comps = completions_from_choices(
-                getattr(response, "choices", None) or [],
+                response["choices"],
                 call,
                 completion_tokens=usage.completion_tokens if has_count else None,
                 endpoint=self.base_url,
