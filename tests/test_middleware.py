@@ -81,6 +81,44 @@ async def test_cache_persists_across_instances(tmp_path: Path) -> None:
     c2.close()
 
 
+def test_cache_reads_see_queued_writes_and_close_commits_them(tmp_path: Path) -> None:
+    """Writes go to one batching writer thread; until it commits, a read must still see
+    them, and close() must not drop what is queued."""
+    cache = ResponseCache(tmp_path / "c.db")
+    items = [(f"k{i}", {"text": f"t{i}"}) for i in range(200)]
+    for i in range(0, 200, 10):
+        cache.put_many("m", items[i:i + 10])
+    got = cache.get_many([k for k, _ in items] + ["absent"])  # some may still be queued
+    assert got == dict(items)
+    cache.close()
+    cache.close()  # a second close is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        cache.put_many("m", items[:1])
+    reopened = ResponseCache(tmp_path / "c.db")
+    assert len(reopened) == 200 and reopened.get_many(["k7"]) == {"k7": {"text": "t7"}}
+    reopened.close()
+
+
+def test_cache_write_failure_is_logged_and_loses_only_the_batch(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed commit (here: the table is gone) costs the queued entries, never the run."""
+    cache = ResponseCache(tmp_path / "c.db")
+    cache.put_many("m", [("a", {"text": "1"})])
+    cache.flush()
+    cache._writer.execute("DROP TABLE cache")
+    with caplog.at_level("WARNING", logger="deliberate.models.cache"):
+        cache.put_many("m", [("b", {"text": "2"})])
+        cache.flush()
+    assert "1 entries not saved" in caplog.text
+    cache._writer.execute(
+        "CREATE TABLE cache (key TEXT PRIMARY KEY, model TEXT NOT NULL, value TEXT NOT NULL, "
+        "created_at REAL NOT NULL)")
+    cache.put_many("m", [("c", {"text": "3"})])  # the writer goes on after a failure
+    cache.flush()
+    assert cache.get_many(["b", "c"]) == {"c": {"text": "3"}}
+    cache.close()
+
+
 class Flaky:
     """Fails the first ``k`` calls with the given error, then answers."""
 

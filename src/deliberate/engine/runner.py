@@ -218,7 +218,8 @@ class Engine:
             for m in self._stacks.values():
                 await m.aclose()
             if self._cache is not None:
-                self._cache.close()
+                # the cache's writer may still hold queued entries: wait off the loop
+                await asyncio.to_thread(self._cache.close)
             if self._own_store:
                 await store.aclose()
             else:

@@ -9,8 +9,9 @@ ones.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -30,6 +31,8 @@ from deliberate.models.base import (
     stream_chat,
 )
 
+log = logging.getLogger(__name__)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (
   key TEXT PRIMARY KEY,
@@ -41,47 +44,120 @@ CREATE TABLE IF NOT EXISTS cache (
 
 
 class ResponseCache:
-    """A small thread-safe SQLite key-value store for completions."""
+    """A thread-safe SQLite key-value store for completions.
+
+    Reads are answered inline: a keyed lookup in a WAL database takes microseconds,
+    less than handing it to a thread. Writes are queued and committed in batches by
+    one writer thread, so a call costs no transaction of its own; a queued entry is
+    already visible to reads. The cache only saves money (the run's journal is what
+    resume relies on), so entries still queued when a process is killed are lost,
+    never wrong. :meth:`flush` and :meth:`close` wait for the queue.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(_SCHEMA)
+        self._read_lock = threading.Lock()
+        self._reader = self._connect()
+        self._writer = self._connect()
+        self._writer.execute(_SCHEMA)
+        self._pending: dict[str, tuple[str, str, float]] = {}  # key -> (model, json, time)
+        self._cond = threading.Condition()
+        self._writing = 0  # entries taken by the writer and not yet committed
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_loop, name="response-cache",
+                                        daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
 
     def get_many(self, keys: list[str]) -> dict[str, dict[str, object]]:
         if not keys:
             return {}
-        marks = ",".join("?" * len(keys))
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT key, value FROM cache WHERE key IN ({marks})", keys
-            ).fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        out: dict[str, dict[str, object]] = {}
+        rest = keys
+        with self._cond:
+            if self._pending:
+                rest = []
+                for k in keys:
+                    hit = self._pending.get(k)
+                    if hit is None:
+                        rest.append(k)
+                    else:
+                        out[k] = json.loads(hit[1])
+        if rest:
+            marks = ",".join("?" * len(rest))
+            with self._read_lock:
+                rows = self._reader.execute(
+                    f"SELECT key, value FROM cache WHERE key IN ({marks})", rest
+                ).fetchall()
+            out.update((k, json.loads(v)) for k, v in rows)
+        return out
 
     def put_many(self, model: str, items: list[tuple[str, dict[str, object]]]) -> None:
         if not items:
             return
         now = time.time()
-        with self._lock:
-            self._conn.execute("BEGIN")
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO cache(key, model, value, created_at) VALUES (?,?,?,?)",
-                [(k, model, json.dumps(v), now) for k, v in items],
-            )
-            self._conn.execute("COMMIT")
+        encoded = [(k, (model, json.dumps(v), now)) for k, v in items]
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the response cache is closed")
+            self._pending.update(encoded)
+            self._cond.notify()
+
+    def flush(self) -> None:
+        """Wait until every queued entry is committed."""
+        with self._cond:
+            while (self._pending or self._writing) and self._thread.is_alive():
+                self._cond.wait(0.1)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                batch = self._pending
+                self._pending = {}
+                self._writing = len(batch)
+            try:
+                self._writer.execute("BEGIN")
+                self._writer.executemany(
+                    "INSERT OR REPLACE INTO cache(key, model, value, created_at) "
+                    "VALUES (?,?,?,?)",
+                    [(k, m, v, t) for k, (m, v, t) in batch.items()],
+                )
+                self._writer.execute("COMMIT")
+            except sqlite3.Error as exc:  # a full disk, a locked file: lose the batch
+                log.warning("response cache %s: %d entries not saved (%s); the run goes on "
+                            "without them", self.path, len(batch), exc)
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("ROLLBACK")
+            with self._cond:
+                self._writing = 0
+                self._cond.notify_all()
 
     def __len__(self) -> int:
-        with self._lock:
-            row = self._conn.execute("SELECT COUNT(*) FROM cache").fetchone()
+        self.flush()
+        with self._read_lock:
+            row = self._reader.execute("SELECT COUNT(*) FROM cache").fetchone()
         return int(row[0])
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._read_lock:
+            self._reader.close()
+        self._writer.close()
 
 
 class CachedModel(ModelWrapper):
@@ -97,7 +173,7 @@ class CachedModel(ModelWrapper):
         model_id = self.model_id
         prefix = request.prefix_key(model_id)
         keys = {i: request.sample_key(model_id, i, prefix) for i in request.sample_indices}
-        found = await asyncio.to_thread(self.cache.get_many, list(keys.values()))
+        found = self.cache.get_many(list(keys.values()))
         missing = [i for i, k in keys.items() if k not in found]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
@@ -139,7 +215,7 @@ class CachedModel(ModelWrapper):
             prompt = max(prompt, resp.usage.prompt_tokens)
             completion += resp.usage.completion_tokens
             fresh.extend(resp.completions)
-            await self._store(keys, resp)
+            self._store(keys, resp)
         for c in fresh:
             completions[c.sample_index] = c
         return ChatResponse(
@@ -157,7 +233,7 @@ class CachedModel(ModelWrapper):
         model_id = self.model_id
         prefix = request.prefix_key(model_id)
         keys = {i: request.sample_key(model_id, i, prefix) for i in request.sample_indices}
-        found = await asyncio.to_thread(self.cache.get_many, list(keys.values()))
+        found = self.cache.get_many(list(keys.values()))
         if found:
             yield await self.complete(request)
             return
@@ -165,10 +241,10 @@ class CachedModel(ModelWrapper):
         async with aclosing(stream_chat(self.inner, request)) as events:
             async for event in events:
                 if isinstance(event, ChatResponse):
-                    await self._store(keys, event)
+                    self._store(keys, event)
                 yield event
 
-    async def _store(self, keys: dict[int, str], resp: ChatResponse) -> None:
+    def _store(self, keys: dict[int, str], resp: ChatResponse) -> None:
         parts = split_usage(resp.usage, resp.completions)
         items: list[tuple[str, dict[str, object]]] = []
         for c, u in zip(resp.completions, parts, strict=True):
@@ -184,7 +260,7 @@ class CachedModel(ModelWrapper):
                     },
                 )
             )
-        await asyncio.to_thread(self.cache.put_many, self.model_id, items)
+        self.cache.put_many(self.model_id, items)
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
