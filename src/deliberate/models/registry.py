@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from urllib.parse import parse_qsl
 
 from deliberate.errors import ConfigError, UnknownNameError
 from deliberate.models.base import ChatModel, ModelProfile
+from deliberate.plugins import installed
 from deliberate.tasks.task import Suite
 
 
@@ -184,7 +184,7 @@ def backends() -> dict[str, tuple[Factory, str]]:
     def add(scheme: str, factory: Factory, description: str = "") -> None:
         table[scheme] = (factory, description)
 
-    for ep in entry_points(group="deliberate.models"):
+    for ep in installed("deliberate.models"):
         ep.load()(add)
     return table
 

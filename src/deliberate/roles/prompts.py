@@ -29,6 +29,9 @@ class Prompts:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
             autoescape=False,
+            # a run's templates do not change under it: without this every render
+            # stats the template's file to see whether to reload it
+            auto_reload=False,
         )
 
     def render(self, name: str, **context: Any) -> str:

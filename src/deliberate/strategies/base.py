@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from deliberate.config import describe_validation_error
 from deliberate.engine.context import TaskContext
 from deliberate.errors import ConfigError, UnknownNameError
+from deliberate.plugins import installed
 from deliberate.tree import NodeRecord
 
 
@@ -51,8 +52,18 @@ def available_strategies() -> dict[str, type[Strategy]]:
     A plugin registers a :class:`Strategy` subclass under the ``deliberate.strategies``
     entry-point group.
     """
-    pkg = importlib.import_module("deliberate.strategies")
+    table = dict(_builtin_strategies())
+    for ep in installed("deliberate.strategies"):
+        cls = ep.load()
+        table[cls.name] = cls
+    return table
 
+
+@functools.cache
+def _builtin_strategies() -> dict[str, type[Strategy]]:
+    # Found once per process: the package's modules do not change under it, and
+    # listing them costs a directory scan per run. Callers get a copy.
+    pkg = importlib.import_module("deliberate.strategies")
     table: dict[str, type[Strategy]] = {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if info.name == "base" or info.name.startswith("_"):
@@ -62,9 +73,6 @@ def available_strategies() -> dict[str, type[Strategy]]:
             if (isinstance(obj, type) and issubclass(obj, Strategy) and obj is not Strategy
                     and obj.__module__ == mod.__name__ and "name" in vars(obj)):
                 table[obj.name] = obj
-    for ep in entry_points(group="deliberate.strategies"):
-        cls = ep.load()
-        table[cls.name] = cls
     return table
 
 
