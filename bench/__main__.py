@@ -1,0 +1,175 @@
+"""Run the performance benchmarks (issue 7) and write their results and one summary.
+
+    pip install -e '.[bench]' && python -m bench          # everything, ~30 min on 2 cores
+    python -m bench --quick --out-dir /tmp/bench          # every script's small mode
+    python -m bench --only engine_overhead,concurrency
+
+Each benchmark runs in its own process (its memory and CPU figures are its own) and
+writes ``<out-dir>/<name>.json``; ``<out-dir>/SUMMARY.md`` then gathers the headline
+ratios, the targets, each benchmark's section and the before/after figures of the
+optimisations. PostgreSQL for ``store_scale`` comes from ``DELIBERATE_BENCH_POSTGRES_URL``
+or ``DELIBERATE_TEST_POSTGRES_URL``, else from ``.ci/postgres.sh`` (which installs and
+starts a throwaway server); the peers (optillm, DSPy) are installed by ``bench.peers``
+into their own virtual environment under ``bench/.peers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench._harness import REPO, RESULTS, machine
+
+ORDER = ("engine_overhead", "concurrency", "critical_path", "store_scale", "peers")
+BEFORE = RESULTS / "engine_overhead_before.json"
+
+
+def postgres_url() -> str | None:
+    """A PostgreSQL URL for the store benchmark, starting a throwaway server if need be."""
+    for name in ("DELIBERATE_BENCH_POSTGRES_URL", "DELIBERATE_TEST_POSTGRES_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    script = REPO / ".ci" / "postgres.sh"
+    if not script.exists():
+        return None
+    r = subprocess.run(["bash", str(script)], cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    for line in r.stdout.splitlines():
+        if "DELIBERATE_TEST_POSTGRES_URL=" in line:
+            return line.split("=", 1)[1].strip()
+    print(f"bench: no PostgreSQL ({r.stderr.strip().splitlines()[-1:] or 'no output'}); "
+          "store_scale runs on SQLite only", file=sys.stderr)
+    return None
+
+
+def run_one(name: str, out: Path, quick: bool, env: dict[str, str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", f"bench.{name}", "--out", str(out)]
+    if quick:
+        cmd.append("--quick")
+    print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+    started = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, env=env)
+    took = round(time.perf_counter() - started, 1)
+    if r.returncode != 0 or not out.exists():
+        return {"name": name, "ok": False, "seconds": took,
+                "error": f"exit status {r.returncode}; see its output above"}
+    return {"name": name, "ok": True, "seconds": took}
+
+
+def summary(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]],
+            out_dir: Path) -> str:
+    lines = ["# Performance summary (issue 7)", "",
+             "Written by `python -m bench`; every figure below is in the JSON file of its "
+             "benchmark in this folder, with the machine it ran on.", ""]
+    m = machine()
+    lines += [f"Machine: {m['cpu_count']} cores, Python {m['python']}, {m['platform']}, "
+              f"commit `{(m['commit'] or '?')[:10]}`.", "",
+              "## Headlines and targets", "",
+              "| benchmark | figure | value |", "|---|---|---|"]
+    for name in ORDER:
+        res = results.get(name)
+        if res is None:
+            continue
+        for key, value in res.get("headline", {}).items():
+            lines.append(f"| {name} | {key} | {_fmt(value)} |")
+    lines += ["", "| target | measured | limit | status |", "|---|---|---|---|"]
+    for name in ORDER:
+        for t in (results.get(name) or {}).get("targets", []):
+            status = {True: "met", False: "**missed**", None: "not judged"}[t.get("met")]
+            lines.append(f"| {t['target']} | {_fmt(t.get('value'))} | {_fmt(t.get('limit'))} "
+                         f"| {status} |")
+    failed = [r for r in runs if not r["ok"]]
+    if failed:
+        lines += ["", "Benchmarks that did not finish: " + "; ".join(
+            f"`{r['name']}` ({r['error']})" for r in failed)]
+    before = out_dir / BEFORE.name if (out_dir / BEFORE.name).exists() else BEFORE
+    if "engine_overhead" in results and before.exists():
+        lines += ["", *before_after(json.loads(before.read_text()),
+                                    results["engine_overhead"])]
+    for name in ORDER:
+        res = results.get(name)
+        if res is None:
+            continue
+        module = importlib.import_module(f"bench.{name}")
+        lines += ["", module.markdown(res)]
+    lines += ["", "## Run times", "", "| benchmark | seconds |", "|---|---|"]
+    lines += [f"| {r['name']} | {r['seconds']} |" for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Engine CPU per call before the optimisations and now, from the same benchmark."""
+    old = {r["strategy"]: r for r in before["results"]}
+    lines = ["## Before and after the optimisations", "",
+             f"Engine CPU per model call (ms, median): before = commit "
+             f"`{(before['machine'].get('commit') or '?')[:10]}`, after = commit "
+             f"`{(after['machine'].get('commit') or '?')[:10]}`; each with its own bare-client "
+             "baseline from the same run.", "",
+             "| workload | before engine | before engine − bare | after engine | "
+             "after engine − bare | after / before |", "|---|---|---|---|---|---|"]
+    for r in after["results"]:
+        b = old.get(r["strategy"])
+        if b is None:
+            continue
+        lines.append(
+            f"| {r['strategy']} | {b['cpu_ms_per_call']['engine']:.3f} | "
+            f"{b['overhead_ms_per_call']:.3f} | {r['cpu_ms_per_call']['engine']:.3f} | "
+            f"{r['overhead_ms_per_call']:.3f} | "
+            f"{r['cpu_ms_per_call']['engine'] / b['cpu_ms_per_call']['engine']:.2f} |")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="every benchmark's small mode")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(ORDER)}")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="where the JSON files and SUMMARY.md go (default bench/results; "
+                        "a --quick run needs one)")
+    args = p.parse_args(argv)
+    names = [n for n in (args.only.split(",") if args.only else ORDER) if n]
+    unknown = sorted(set(names) - set(ORDER))
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
+    if args.quick and args.out_dir is None:
+        p.error("--quick needs --out-dir: quick figures must not replace the committed ones")
+    out_dir = args.out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    if "store_scale" in names:
+        url = postgres_url()
+        if url:
+            env["DELIBERATE_TEST_POSTGRES_URL"] = url
+    runs = [run_one(n, out_dir / f"{n}.json", args.quick, env) for n in names]
+    results = {r["name"]: json.loads((out_dir / f"{r['name']}.json").read_text())
+               for r in runs if r["ok"]}
+    # benchmarks not run this time keep their last results in the summary
+    for n in ORDER:
+        path = out_dir / f"{n}.json"
+        if n not in results and path.exists():
+            results[n] = json.loads(path.read_text())
+    (out_dir / "SUMMARY.md").write_text(summary(results, runs, out_dir))
+    print(f"\nwrote {out_dir / 'SUMMARY.md'}")
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
