@@ -84,11 +84,17 @@ _Kind = Literal["attempt", "node", "judgement", "call", "barrier", "stop"]
 
 @dataclass(slots=True)
 class _Write:
-    """One entry of the writer queue: a row to write, or a barrier / stop marker."""
+    """One entry of the writer queue: a record to write, or a barrier / stop marker.
+
+    The record's row is taken when its batch is committed (on the event loop, so no
+    await can split an update), not when it is queued: a node that a search updates
+    many times before the writer gets to it is copied once, in its latest state.
+    """
 
     kind: _Kind
-    row: dict[str, Any] | None = None
+    record: Any = None
     done: asyncio.Future[None] | None = None
+    row: dict[str, Any] | None = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -408,15 +414,15 @@ class Store:
 
     def put_attempt(self, attempt: AttemptRecord) -> None:
         """Queue an upsert of a task attempt (all fields replaced)."""
-        self._enqueue(_Write("attempt", _row(attempt)))
+        self._enqueue(_Write("attempt", attempt))
 
     def put_node(self, node: NodeRecord) -> None:
         """Queue an upsert by id; a repeat replaces text, answer, status, visits, value, meta."""
-        self._enqueue(_Write("node", _row(node)))
+        self._enqueue(_Write("node", node))
 
     def put_judgement(self, judgement: JudgementRecord) -> None:
         """Queue an insert; a judgement whose id exists is ignored."""
-        self._enqueue(_Write("judgement", _row(judgement)))
+        self._enqueue(_Write("judgement", judgement))
 
     async def record_call(self, call: ModelCallRecord) -> None:
         """Persist a model call; returns once it is committed.
@@ -425,7 +431,7 @@ class Store:
         stored one stands.
         """
         done = asyncio.get_running_loop().create_future()
-        self._enqueue(_Write("call", _row(call), done))
+        self._enqueue(_Write("call", call, done))
         await done
 
     async def flush(self) -> None:
@@ -665,7 +671,13 @@ class Store:
             self._pending = 0
 
     async def _commit(self, batch: list[_Write]) -> None:
-        writes = [w for w in batch if w.row is not None]
+        writes = [w for w in batch if w.record is not None]
+        rows: dict[int, dict[str, Any]] = {}  # one snapshot per record object in a batch
+        for w in writes:
+            key = id(w.record)
+            if key not in rows:
+                rows[key] = _row(w.record)
+            w.row = rows[key]
         error: StoreError | None = None
         if writes:
             try:
