@@ -321,9 +321,13 @@ def _refused(exc: BaseException) -> bool:
     The aiohttp transport reports every failure to connect as ``ConnectTimeout``;
     its cause says whether time ran out or the connection was refused.
     """
-    cause = exc.__cause__
-    inner = cause.__cause__ if cause is not None else None
-    return isinstance(cause, httpx.ConnectTimeout) and isinstance(
+    return _refused_connect(exc.__cause__)
+
+
+def _refused_connect(exc: BaseException | None) -> bool:
+    """:func:`_refused` for the transport's own exception."""
+    inner = exc.__cause__ if exc is not None else None
+    return isinstance(exc, httpx.ConnectTimeout) and isinstance(
         inner, aiohttp.ClientConnectorError) and not isinstance(inner, TimeoutError)
 
 
@@ -385,6 +389,15 @@ class OpenAIChatModel:
             max_retries=0,
             http_client=http_client,
         )
+        # Completions go straight through the SDK's HTTP client with the SDK's own
+        # headers, built once: the SDK's request pipeline (options, headers, URL and
+        # response objects per call) cost as much CPU as the rest of the engine
+        # (bench/engine_overhead.py). Streaming and model listing still use the SDK.
+        self._http = http_client
+        self._url = f"{resolved_url}/chat/completions"
+        self._headers = {k: v for k, v in {**self._client.default_headers,
+                                            **self._client.auth_headers}.items()
+                         if isinstance(v, str)}
 
     @property
     def model_id(self) -> str:
@@ -398,28 +411,12 @@ class OpenAIChatModel:
         return f"OpenAIChatModel({self.model_id!r})"
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        # The SDK wants its own TypedDicts; ours have the same shape.
-        messages: Any = [m.to_dict() for m in request.messages]
+        messages = [m.to_dict() for m in request.messages]
 
         async def one(call: SampleCall) -> tuple[list[Completion], Usage]:
             body = {"model": self.model, "messages": messages, **request_body(request, call),
                     **request.extra}
-            try:
-                # ``post`` sends our (already plain JSON) body as it is, and with
-                # ``cast_to=httpx.Response`` hands the body back unparsed: the SDK's
-                # ``create`` walks the request against its TypedDicts and builds pydantic
-                # models of the reply, together ~1 ms of CPU per call
-                # (bench/engine_overhead.py); we read the few fields we use ourselves.
-                raw = await self._client.post(
-                    "/chat/completions", body=body, cast_to=httpx.Response)
-                response = json.loads(raw.content)
-            except openai.OpenAIError as exc:
-                raise self._translate(exc) from exc
-            except ValueError as exc:  # a 2xx body that is not JSON
-                raise ModelResponseError(
-                    f"{self.base_url} answered model {self.model} with a body that is not "
-                    f"valid JSON: {exc}"
-                ) from exc
+            response = await self._post(body)
             if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
                 raise ModelResponseError(
                     f"{self.base_url} answered model {self.model} with something other than "
@@ -437,6 +434,36 @@ class OpenAIChatModel:
             return comps, usage
 
         return await run_calls(request, self._profile, one, self.model_id)
+
+    async def _post(self, body: dict[str, Any]) -> Any:
+        """POST a chat-completions body; the parsed JSON reply, or one of our errors."""
+        endpoint, model = self.base_url, self.model
+        try:
+            reply = await self._http.post(self._url, content=json.dumps(body).encode(),
+                                          headers=self._headers, timeout=self.timeout_s)
+        except httpx.TimeoutException as exc:
+            if not _refused_connect(exc):
+                raise ModelTimeoutError(
+                    f"{endpoint} did not answer within {self.timeout_s:g}s (model {model})"
+                ) from exc
+            raise self._unreachable(exc.__cause__ or exc) from exc
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if not reply.is_success:
+            raise status_error(reply.status_code, reply.text,
+                               parse_retry_after(reply.headers), endpoint=endpoint, model=model)
+        try:
+            return json.loads(reply.content)
+        except ValueError as exc:  # a 2xx body that is not JSON
+            raise ModelResponseError(
+                f"{endpoint} answered model {model} with a body that is not valid JSON: {exc}"
+            ) from exc
+
+    def _unreachable(self, cause: BaseException) -> ModelConnectionError:
+        reason = str(cause) or type(cause).__name__
+        return ModelConnectionError(
+            f"cannot reach {self.base_url} (model {self.model}): {' '.join(reason.split())}"
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """The completion as the endpoint streams it (``stream=true``), then whole.
