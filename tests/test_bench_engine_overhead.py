@@ -42,6 +42,8 @@ def test_quick_run_writes_consistent_figures(tmp_path: Path) -> None:
         assert all(p["cpu_s"] > 0 for p in row["passes"][client])
     c = row["cpu_ms_per_call"]
     assert row["overhead_ms_per_call"] == pytest.approx(c["engine"] - c["bare"], abs=1e-3)
+    assert row["above_backend_ms_per_call"] == pytest.approx(c["engine"] - c["backend"],
+                                                             abs=1e-3)
     assert row["engine_over_bare"] == pytest.approx(c["engine"] / c["bare"], abs=2e-3)
     (target,) = res["targets"]
     assert target["met"] == (target["value"] <= target["limit"])
