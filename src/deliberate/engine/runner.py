@@ -266,27 +266,30 @@ class Engine:
         if self._progress:
             self._progress(progress, None)
 
-        sem = asyncio.Semaphore(cfg.concurrency)
         started = time.monotonic()
+        todo = iter([t for t in suite if t.id not in attempts])
+        workers = min(cfg.concurrency, len(suite) - len(attempts))
 
-        async def one(task: Task) -> None:
-            async with sem:
+        async def worker() -> None:
+            # A fixed pool of workers taking tasks in order, rather than an asyncio task
+            # per task up front: those cost ~2.5 KiB each while they wait, which grew
+            # with the suite (bench/store_scale.py).
+            for task in todo:
                 attempt = await self._run_task(
                     store, run_id, task, suite, strategy, run_ledger, prices,
                     resume=task.id in resumed,
                 )
-            attempts[task.id] = attempt
-            self._count(progress, attempt)
-            if self._progress:
-                self._progress(progress, attempt)
+                attempts[task.id] = attempt
+                self._count(progress, attempt)
+                if self._progress:
+                    self._progress(progress, attempt)
 
-        todo = [t for t in suite if t.id not in attempts]
         fatal: DeliberateError | None = None
         interrupted = False
         try:
             async with asyncio.TaskGroup() as tg:
-                for t in todo:
-                    tg.create_task(one(t))
+                for _ in range(workers):
+                    tg.create_task(worker())
         except* _FatalError as group:
             first = group.exceptions[0]
             assert isinstance(first, _FatalError)
