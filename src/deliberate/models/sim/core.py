@@ -565,6 +565,10 @@ class SimModel:
         p = self.params
         return _logistic(p.sharpness * (p.skill - task.difficulty + self.task_offset(task)))
 
+    def behaviour(self, task: Task | None) -> Behaviour | None:
+        """How the sim answers ``task`` (its right and wrong answers), if it knows it."""
+        return self._behaviours.get(task.id) if task is not None else None
+
     def find_task(self, messages: Sequence[Message]) -> Task | None:
         """The suite task the conversation is about, as the model would recognise it."""
         parsed = parse_prompt(messages)
@@ -700,8 +704,8 @@ class SimModel:
         for i in request.sample_indices:
             draws = self._draws(base, greedy, i)
             if handler is not None:
-                ctx = HandlerContext(self, parsed, task,
-                                     self._behaviours.get(task.id) if task else None, draws)
+                ctx = HandlerContext(self, parsed, task, self.behaviour(task), draws,
+                                     request.messages)
                 text = handler.respond(ctx)
             else:
                 text = self._text(parsed, task, draws)
@@ -766,6 +770,9 @@ class HandlerContext:
     task: Task | None
     behaviour: Behaviour | None
     draws: Draws
+    # The whole request (``parsed`` holds only the last user message): some formats
+    # refer to "the above response" in an earlier message.
+    messages: tuple[Message, ...] = ()
 
 
 class RoleHandler(Protocol):
