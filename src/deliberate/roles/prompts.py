@@ -7,6 +7,7 @@ package's templates.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,13 @@ from deliberate.errors import ConfigError
 
 class Prompts:
     def __init__(self, override_dir: str | Path | None = None) -> None:
-        loaders: list[jinja2.BaseLoader] = []
-        if override_dir is not None:
-            p = Path(override_dir)
-            if not p.is_dir():
-                raise ConfigError(f"prompt template directory {p} does not exist")
-            loaders.append(jinja2.FileSystemLoader(str(p)))
-        loaders.append(jinja2.PackageLoader("deliberate.roles", "templates"))
-        self.env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader(loaders),
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=False,
-            autoescape=False,
-            # a run's templates do not change under it: without this every render
-            # stats the template's file to see whether to reload it
-            auto_reload=False,
-        )
+        if override_dir is None:
+            self.env = _builtin_environment()
+            return
+        p = Path(override_dir)
+        if not p.is_dir():
+            raise ConfigError(f"prompt template directory {p} does not exist")
+        self.env = _environment(jinja2.FileSystemLoader(str(p)), _package_loader())
 
     def render(self, name: str, **context: Any) -> str:
         try:
@@ -41,3 +33,28 @@ class Prompts:
             raise ConfigError(f"prompt template {name!r} not found") from exc
         except jinja2.TemplateError as exc:
             raise ConfigError(f"prompt template {name!r}: {exc}") from exc
+
+
+def _package_loader() -> jinja2.BaseLoader:
+    return jinja2.PackageLoader("deliberate.roles", "templates")
+
+
+def _environment(*loaders: jinja2.BaseLoader) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(list(loaders)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        autoescape=False,
+        # a run's templates do not change under it: without this every render
+        # stats the template's file to see whether to reload it
+        auto_reload=False,
+    )
+
+
+@functools.cache
+def _builtin_environment() -> jinja2.Environment:
+    """One environment for the package's own templates, shared by every run, so each
+    template is compiled once per process rather than once per run. Runs with their
+    own template directory get their own environment (its files may change between
+    runs)."""
+    return _environment(_package_loader())
