@@ -515,3 +515,76 @@ async def test_unreachable_endpoint_fails_fast_and_clearly() -> None:
     msg = str(info.value)
     assert msg.startswith(f"cannot reach {url} (model echo): ")
     assert "\n" not in msg
+
+
+async def test_a_stalled_server_times_out_on_the_default_transport() -> None:
+    """The default client (our own aiohttp session) maps a read timeout to ours, and one
+    model serves many calls over its session until it is closed."""
+    from deliberate.models.sim.server import ServerConfig, SimServer
+    from deliberate.tasks import load_suite
+
+    with SimServer(load_suite("arithmetic"), server_config=ServerConfig(hang_rate=1.0,
+                                                                         hang_s=5.0)) as srv:
+        model = OpenAIChatModel("sim", base_url=srv.base_url, api_key="k", timeout_s=0.3)
+        try:
+            with pytest.raises(ModelTimeoutError) as info:
+                await model.complete(_req())
+        finally:
+            await model.aclose()
+    assert str(info.value) == f"{srv.base_url} did not answer within 0.3s (model sim)"
+    with SimServer(load_suite("arithmetic")) as srv:
+        model = OpenAIChatModel("sim", base_url=srv.base_url, api_key="k")
+        try:
+            replies = await asyncio.gather(*(model.complete(_req(seed=i)) for i in range(20)))
+        finally:
+            await model.aclose()
+        assert all(len(r.texts) == 1 for r in replies)
+        async with httpx.AsyncClient() as client:
+            stats = (await client.get(srv.url + "/stats")).json()
+        assert stats["completed"] == 20
+
+
+async def test_the_default_transport_goes_through_the_environments_proxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured (resolved once per model): a loopback proxy answers, and
+    the endpoint's own host does not even resolve; NO_PROXY turns it off."""
+    seen: list[bytes] = []
+    reply = json.dumps(_completion(1)).encode()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0])
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    for var in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        model = OpenAIChatModel("m", base_url="http://upstream.invalid/v1", api_key="k",
+                                timeout_s=10)
+        try:
+            out = await model.complete(_req())
+        finally:
+            await model.aclose()
+        assert len(out.texts) == 1
+        assert seen == [b"POST http://upstream.invalid/v1/chat/completions HTTP/1.1"]
+        monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+        direct = OpenAIChatModel("m", base_url="http://upstream.invalid/v1", api_key="k",
+                                 timeout_s=10)
+        try:
+            with pytest.raises(ModelConnectionError, match="cannot reach"):
+                await direct.complete(_req())
+        finally:
+            await direct.aclose()
+        assert len(seen) == 1
+    finally:
+        server.close()
+        await server.wait_closed()
