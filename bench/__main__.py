@@ -41,6 +41,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 def module_of(name: str) -> str:
     return VARIANTS.get(name, (name, []))[0]
 BEFORE = RESULTS / "engine_overhead_before.json"
+CONCURRENCY_BEFORE = RESULTS / "concurrency_before.json"
 
 
 def postgres_url() -> str | None:
@@ -108,6 +109,11 @@ def summary(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]],
     if "engine_overhead" in results and before.exists():
         lines += ["", *before_after(json.loads(before.read_text()),
                                     results["engine_overhead"])]
+    c_before = (out_dir / CONCURRENCY_BEFORE.name if (out_dir / CONCURRENCY_BEFORE.name).exists()
+                else CONCURRENCY_BEFORE)
+    if "concurrency" in results and c_before.exists():
+        lines += ["", *concurrency_before_after(json.loads(c_before.read_text()),
+                                                results["concurrency"])]
     for name in ORDER:
         res = results.get(name)
         if res is None:
@@ -138,6 +144,26 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             f"{b['overhead_ms_per_call']:.3f} | {r['cpu_ms_per_call']['engine']:.3f} | "
             f"{r['overhead_ms_per_call']:.3f} | "
             f"{r['cpu_ms_per_call']['engine'] / b['cpu_ms_per_call']['engine']:.2f} |")
+    return lines
+
+
+def concurrency_before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Calls in flight and per second at each level, before the optimisations and now."""
+    old = {r["concurrency"]: r for r in before["results"]}
+    lines = ["Concurrency before (commit "
+             f"`{(before['machine'].get('commit') or '?')[:10]}`) and after, engine only:", "",
+             "| C | in flight before | in flight after | calls/s before | calls/s after | "
+             "errors before | errors after | peak RSS MiB before | after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in after["results"]:
+        b = old.get(r["concurrency"])
+        if b is None:
+            continue
+        e, f = b["engine"], r["engine"]
+        lines.append(f"| {r['concurrency']} | {e['max_in_flight']} | {f['max_in_flight']} | "
+                     f"{e['calls_per_s']:.0f} | {f['calls_per_s']:.0f} | {e['errors']} | "
+                     f"{f['errors']} | {e['memory']['peak_mb']:.0f} | "
+                     f"{f['memory']['peak_mb']:.0f} |")
     return lines
 
 

@@ -50,3 +50,16 @@ def test_bad_arguments_are_one_line() -> None:
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert "unknown benchmark" in r.stderr or "--quick needs --out-dir" in r.stderr
+
+
+def test_concurrency_before_after_pairs_levels() -> None:
+    def level(c: int, in_flight: int, cps: float, errors: int) -> dict[str, object]:
+        return {"concurrency": c, "engine": {"max_in_flight": in_flight, "calls_per_s": cps,
+                                             "errors": errors, "memory": {"peak_mb": 100.0}}}
+
+    before = {"machine": {"commit": "aaaa"}, "results": [level(1000, 1000, 90, 0),
+                                                         level(2000, 1000, 95, 0)]}
+    after = {"machine": {"commit": "bbbb"}, "results": [level(2000, 2000, 170, 0),
+                                                        level(4000, 4000, 200, 0)]}
+    rows = [x for x in run_all.concurrency_before_after(before, after) if x.startswith("| 2")]
+    assert rows == ["| 2000 | 1000 | 2000 | 95 | 170 | 0 | 0 | 100 | 100 |"]
