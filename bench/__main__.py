@@ -129,10 +129,9 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """Engine CPU per call before the optimisations and now, from the same benchmark."""
     old = {r["strategy"]: r for r in before["results"]}
     lines = ["## Before and after the optimisations", "",
-             f"Engine CPU per model call (ms, median): before = commit "
-             f"`{(before['machine'].get('commit') or '?')[:10]}`, after = commit "
-             f"`{(after['machine'].get('commit') or '?')[:10]}`; each with its own bare-client "
-             "baseline from the same run.", "",
+             f"Engine CPU per model call (ms, median): before = deliberate at commit "
+             f"`{_source(before)}`, after = commit `{_source(after)}`; each with its own "
+             "bare-client baseline from the same run.", "",
              "| workload | before engine | before engine − bare | after engine | "
              "after engine − bare | after / before |", "|---|---|---|---|---|---|"]
     for r in after["results"]:
@@ -150,8 +149,8 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 def concurrency_before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """Calls in flight and per second at each level, before the optimisations and now."""
     old = {r["concurrency"]: r for r in before["results"]}
-    lines = ["Concurrency before (commit "
-             f"`{(before['machine'].get('commit') or '?')[:10]}`) and after, engine only:", "",
+    lines = [f"Concurrency before (deliberate at commit `{_source(before)}`) and after "
+             f"(`{_source(after)}`), engine only:", "",
              "| C | in flight before | in flight after | calls/s before | calls/s after | "
              "errors before | errors after | peak RSS MiB before | after |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -165,6 +164,12 @@ def concurrency_before_after(before: dict[str, Any], after: dict[str, Any]) -> l
                      f"{f['errors']} | {e['memory']['peak_mb']:.0f} | "
                      f"{f['memory']['peak_mb']:.0f} |")
     return lines
+
+
+def _source(result: dict[str, Any]) -> str:
+    """The commit of the deliberate source a result measured."""
+    m = result["machine"]
+    return str(m.get("deliberate_commit") or m.get("commit") or "?")[:10]
 
 
 def _fmt(value: Any) -> str:

@@ -158,19 +158,26 @@ def machine() -> dict[str, Any]:
     """The machine's state is part of a result."""
     import deliberate
 
-    try:
-        commit: str | None = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = _git_head(REPO)
+    source = Path(deliberate.__file__).resolve().parent
     try:
         load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
     return {"cpu_count": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "deliberate": deliberate.__version__,
-            "commit": commit, "load_average": load, "argv": sys.argv[1:]}
+            "commit": commit, "load_average": load, "argv": sys.argv[1:],
+            # the engine measured: normally this checkout, but a before-figure runs the
+            # benchmark of this checkout on an older source tree (bench/README.md)
+            "deliberate_source": str(source), "deliberate_commit": _git_head(source)}
+
+
+def _git_head(where: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def write_result(payload: dict[str, Any], out: Path | None) -> Path | None:

@@ -61,7 +61,7 @@ class Settings:
         ("best_of_n", '{"n": 4}'), ("refine", '{"max_rounds": 2, "accept_score": null}'),
         ("mcts", '{"iterations": 8, "k": 2}'))
     tasks: int = 30
-    repeats: int = 5
+    repeats: int = 9
     concurrency: int = 8
 
 
