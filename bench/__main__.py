@@ -1,6 +1,6 @@
 """Run the performance benchmarks (issue 7) and write their results and one summary.
 
-    pip install -e '.[bench]' && python -m bench          # everything, ~30 min on 2 cores
+    pip install -e '.[bench]' && python -m bench          # everything, ~15 min on 2 cores
     python -m bench --quick --out-dir /tmp/bench          # every script's small mode
     python -m bench --only engine_overhead,concurrency
 
