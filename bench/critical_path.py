@@ -81,6 +81,7 @@ from rich.table import Table
 
 from bench import parallel_rollouts
 from bench._harness import RESULTS, LatencyServer, machine, own_cpu_s, ratio, write_result
+from bench.parallel_rollouts import hu_rounds
 from deliberate import RunConfig, Store, arun
 from deliberate.models.base import ChatRequest, ModelProfile, messages_from
 from deliberate.models.openai_backend import plan_calls, request_body
@@ -249,48 +250,6 @@ def asap_waves(level: dict[str, int]) -> list[list[str]]:
     for cid, lv in level.items():
         waves[lv - 1].append(cid)
     return [sorted(w) for w in waves]
-
-
-def hu_rounds(parent: dict[str, str | None], p: int) -> list[list[str]]:
-    """The rollouts of each round of Hu's schedule on ``p`` machines, first round first.
-
-    The same rule as ``parallel_rollouts.critical_path_waves`` (highest level first on
-    the reversed forest, then reversed in time), returning the rounds themselves so
-    they can be replayed; its length is that function's count.
-    """
-    depth: dict[str, int] = {}
-
-    def level(r: str) -> int:
-        chain = []
-        x: str | None = r
-        while x is not None and x not in depth:
-            chain.append(x)
-            x = parent.get(x)
-        d = 0 if x is None else depth[x]
-        for y in reversed(chain):
-            d += 1
-            depth[y] = d
-        return depth[r]
-
-    waiting = dict.fromkeys(parent, 0)
-    for q in parent.values():
-        if q is not None and q in waiting:
-            waiting[q] += 1
-    ready = [r for r, w in waiting.items() if w == 0]
-    rounds: list[list[str]] = []
-    while ready:
-        ready.sort(key=lambda r: (-level(r), r))
-        now, ready = ready[:p], ready[p:]
-        rounds.append(now)
-        for r in now:
-            q = parent[r]
-            if q is not None and q in waiting:
-                waiting[q] -= 1
-                if waiting[q] == 0:
-                    ready.append(q)
-    if sum(len(r) for r in rounds) != len(parent):
-        raise ValueError("the rollouts' dependencies are not a forest")
-    return list(reversed(rounds))
 
 
 def rollout_of(call: Call, node: dict[str, NodeRecord], creating: set[str]) -> str | None:

@@ -362,6 +362,12 @@ def critical_path_waves(parent: dict[str, str | None], p: int) -> int:
     where it is optimal); reversed in time it is a schedule of the same length for
     the original forest, and no schedule of the original can be shorter.
     """
+    return len(hu_rounds(parent, p))
+
+
+def hu_rounds(parent: dict[str, str | None], p: int) -> list[list[str]]:
+    """The rollouts of each round of that schedule, first round first (bench/critical_path
+    replays them)."""
     depth: dict[str, int] = {}
 
     def level(r: str) -> int:  # nodes from r up to its forest root, inclusive
@@ -381,21 +387,20 @@ def critical_path_waves(parent: dict[str, str | None], p: int) -> int:
         if q is not None and q in waiting:
             waiting[q] += 1
     ready = [r for r, w in waiting.items() if w == 0]
-    rounds = done = 0
+    rounds: list[list[str]] = []
     while ready:
         ready.sort(key=lambda r: (-level(r), r))
         now, ready = ready[:p], ready[p:]
-        rounds += 1
+        rounds.append(now)
         for r in now:
-            done += 1
             q = parent[r]
             if q is not None and q in waiting:
                 waiting[q] -= 1
                 if waiting[q] == 0:
                     ready.append(q)
-    if done != len(parent):
+    if sum(len(r) for r in rounds) != len(parent):
         raise ValueError("the rollouts' dependencies are not a forest")
-    return rounds
+    return list(reversed(rounds))
 
 
 def inorder_waves(parent: dict[str, str | None], order: dict[str, int], p: int) -> float | None:
