@@ -326,20 +326,20 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether a timeout is really a refused or unroutable connection.
+def _refused_connect(exc: BaseException | None) -> bool:
+    """Whether an httpx timeout is really a refused or unroutable connection.
 
-    The aiohttp transport reports every failure to connect as ``ConnectTimeout``;
+    httpx's aiohttp transport reports every failure to connect as ``ConnectTimeout``;
     its cause says whether time ran out or the connection was refused.
     """
-    return _refused_connect(exc.__cause__)
-
-
-def _refused_connect(exc: BaseException | None) -> bool:
-    """:func:`_refused` for the transport's own exception."""
     inner = exc.__cause__ if exc is not None else None
     return isinstance(exc, httpx.ConnectTimeout) and isinstance(
         inner, aiohttp.ClientConnectorError) and not isinstance(inner, TimeoutError)
+
+
+def _said(exc: BaseException) -> str:
+    """What an exception says, or its type when it says nothing."""
+    return str(exc) or type(exc).__name__
 
 
 def _env(*names: str) -> str | None:
@@ -488,7 +488,7 @@ class OpenAIChatModel:
         except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors
             raise self._timed_out() from exc
         except aiohttp.ClientError as exc:
-            raise self._unreachable(exc) from exc
+            raise self._unreachable(_said(exc)) from exc
 
     async def _post_httpx(self, data: bytes) -> tuple[int, bytes, Mapping[str, str]]:
         try:
@@ -497,9 +497,9 @@ class OpenAIChatModel:
         except httpx.TimeoutException as exc:
             if not _refused_connect(exc):
                 raise self._timed_out() from exc
-            raise self._unreachable(exc.__cause__ or exc) from exc
+            raise self._unreachable(_said(exc.__cause__ or exc)) from exc
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
+            raise self._unreachable(_said(exc)) from exc
         return reply.status_code, reply.content, reply.headers
 
     def _timed_out(self) -> ModelTimeoutError:
@@ -507,8 +507,7 @@ class OpenAIChatModel:
             f"{self.base_url} did not answer within {self.timeout_s:g}s (model {self.model})"
         )
 
-    def _unreachable(self, cause: BaseException) -> ModelConnectionError:
-        reason = str(cause) or type(cause).__name__
+    def _unreachable(self, reason: str) -> ModelConnectionError:
         return ModelConnectionError(
             f"cannot reach {self.base_url} (model {self.model}): {' '.join(reason.split())}"
         )
@@ -596,18 +595,15 @@ class OpenAIChatModel:
     def _translate(self, exc: openai.OpenAIError) -> ModelError:
         """SDK exception → ours, one line naming the endpoint and the model."""
         endpoint, model = self.base_url, self.model
-        if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-            return ModelTimeoutError(
-                f"{endpoint} did not answer within {self.timeout_s:g}s (model {model})"
-            )
+        refused = _refused_connect(exc.__cause__)
+        if isinstance(exc, openai.APITimeoutError) and not refused:
+            return self._timed_out()
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__
-            if _refused(exc) and cause is not None and cause.__cause__ is not None:
+            if refused and cause is not None and cause.__cause__ is not None:
                 cause = cause.__cause__
-            reason = str(cause) if cause is not None and str(cause) else exc.message
-            return ModelConnectionError(
-                f"cannot reach {endpoint} (model {model}): {' '.join(reason.split())}"
-            )
+            return self._unreachable(str(cause) if cause is not None and str(cause)
+                                     else exc.message)
         if isinstance(exc, openai.APIStatusError):
             response = exc.response
             try:
