@@ -15,6 +15,7 @@ from deliberate.engine.runner import Engine, arun
 from deliberate.models.sim import SimParams
 from deliberate.models.sim.server import ServerConfig, SimServer
 from deliberate.tasks import load_suite
+from deliberate.tasks.task import Suite
 
 FAST_RETRY = {"max_attempts": 10, "base_delay_s": 0.01, "max_delay_s": 0.05}
 
@@ -144,6 +145,19 @@ def test_sim_accuracy_rises_with_skill(tmp_path: Path) -> None:
         return value
 
     assert acc(0.2) < acc(0.9)
+
+
+async def test_resuming_with_other_tasks_runs_every_unfinished_one(tmp_path: Path) -> None:
+    """A run resumed over a suite that does not hold its finished tasks still runs every
+    task of the new suite: the worker count comes from what is left to do, not from
+    the suite's size minus the finished attempts."""
+    tasks = load_suite("arithmetic").tasks
+    cfg = config(tmp_path, "sim", cache=False, strategy="self_consistency",
+                 strategy_params={"n": 1}, concurrency=2)
+    await arun(cfg, run_id="r2", suite=Suite.of("first", tasks[:3]))
+    again = await arun(cfg, run_id="r2", suite=Suite.of("second", tasks[3:5]))
+    assert [a.task_id for a in again.attempts] == [t.id for t in tasks[3:5]]
+    assert all(a.status == "done" for a in again.attempts)
 
 
 async def test_engine_counts_replayed_calls_on_resume_in_process(tmp_path: Path) -> None:

@@ -267,8 +267,8 @@ class Engine:
             self._progress(progress, None)
 
         started = time.monotonic()
-        todo = iter([t for t in suite if t.id not in attempts])
-        workers = min(cfg.concurrency, len(suite) - len(attempts))
+        pending = [t for t in suite if t.id not in attempts]
+        todo = iter(pending)
 
         async def worker() -> None:
             # A fixed pool of workers taking tasks in order, rather than an asyncio task
@@ -288,7 +288,7 @@ class Engine:
         interrupted = False
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(workers):
+                for _ in range(min(cfg.concurrency, len(pending))):
                     tg.create_task(worker())
         except* _FatalError as group:
             first = group.exceptions[0]
