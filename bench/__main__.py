@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._harness import REPO, RESULTS, machine
+from bench._harness import REPO, RESULTS, fmt, machine
 
 ORDER = ("engine_overhead", "concurrency", "critical_path", "critical_path_500ms",
          "store_scale", "peers")
@@ -94,12 +94,12 @@ def summary(results: dict[str, dict[str, Any]], runs: list[dict[str, Any]],
         if res is None:
             continue
         for key, value in res.get("headline", {}).items():
-            lines.append(f"| {name} | {key} | {_fmt(value)} |")
+            lines.append(f"| {name} | {key} | {fmt(value)} |")
     lines += ["", "| target | measured | limit | status |", "|---|---|---|---|"]
     for name in ORDER:
         for t in (results.get(name) or {}).get("targets", []):
             status = {True: "met", False: "**missed**", None: "not judged"}[t.get("met")]
-            lines.append(f"| {t['target']} | {_fmt(t.get('value'))} | {_fmt(t.get('limit'))} "
+            lines.append(f"| {t['target']} | {fmt(t.get('value'))} | {fmt(t.get('limit'))} "
                          f"| {status} |")
     failed = [r for r in runs if not r["ok"]]
     if failed:
@@ -170,14 +170,6 @@ def _source(result: dict[str, Any]) -> str:
     """The commit of the deliberate source a result measured."""
     m = result["machine"]
     return str(m.get("deliberate_commit") or m.get("commit") or "?")[:10]
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ not charged to the engine being measured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,11 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -142,6 +145,33 @@ def timed() -> Iterator[dict[str, float]]:
     finally:
         out["wall_s"] = time.perf_counter() - w0
         out["cpu_s"] = own_cpu_s() - c0
+
+
+async def limited(jobs: Sequence[Awaitable[T]], c: int) -> list[T]:
+    """Await ``jobs`` with at most ``c`` in flight; their results in order."""
+    sem = asyncio.Semaphore(c)
+
+    async def one(job: Awaitable[T]) -> T:
+        async with sem:
+            return await job
+
+    return await asyncio.gather(*(one(j) for j in jobs))
+
+
+def fmt(value: Any) -> str:
+    """A figure for a summary: floats to three significant digits, None as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def targets_markdown(targets: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per target: met, missed or not judged, the measured value, and the note."""
+    marks = {True: "met", False: "missed", None: "not judged"}
+    return [f"- **{marks[t['met']]}**: {t['target']} (measured {fmt(t['value'])}, limit "
+            f"{fmt(t['limit'])}). {t.get('note') or ''}".rstrip() for t in targets]
 
 
 def median(values: Sequence[float]) -> float:

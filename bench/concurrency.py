@@ -37,7 +37,17 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 from rich.console import Console
 from rich.table import Table
 
-from bench._harness import RESULTS, LatencyServer, machine, ratio, rss_mb, timed, write_result
+from bench._harness import (
+    RESULTS,
+    LatencyServer,
+    limited,
+    machine,
+    ratio,
+    rss_mb,
+    targets_markdown,
+    timed,
+    write_result,
+)
 from deliberate import RunConfig, Store, arun
 from deliberate.tasks import load_suite
 from deliberate.tasks.task import Suite, Task
@@ -141,22 +151,19 @@ async def bare_level(srv: LatencyServer, c: int, s: Settings) -> dict[str, Any]:
                          http_client=DefaultAioHttpClient(
                              timeout=120, limits=httpx.Limits(max_connections=c,
                                                               max_keepalive_connections=c)))
-    sem = asyncio.Semaphore(c)
-
     async def one(prompt: str) -> str | None:
-        async with sem:
-            try:
-                await client.chat.completions.create(
-                    model="sim", temperature=0.8, max_tokens=1024,
-                    messages=[{"role": "user", "content": prompt}])
-            except Exception as exc:  # counted by kind: the baseline has no retries
-                cause = exc.__cause__
-                return f"{type(exc).__name__}" + (f" ({type(cause).__name__}: {cause})"[:120]
-                                                  if cause else "")
-            return None
+        try:
+            await client.chat.completions.create(
+                model="sim", temperature=0.8, max_tokens=1024,
+                messages=[{"role": "user", "content": prompt}])
+        except Exception as exc:  # counted by kind: the baseline has no retries
+            cause = exc.__cause__
+            return f"{type(exc).__name__}" + (f" ({type(cause).__name__}: {cause})"[:120]
+                                              if cause else "")
+        return None
 
     async def go() -> Counter[str]:
-        outcomes = await asyncio.gather(*(one(p) for p in prompts))
+        outcomes = await limited([one(p) for p in prompts], c)
         return Counter(x for x in outcomes if x is not None)
 
     try:
@@ -228,10 +235,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{b['calls_per_s']:.0f} | {r['engine_over_bare_calls_per_s']:.2f} | "
             f"{r['engine_over_ideal']:.2f} | {e['errors']}, {b['errors']} | "
             f"{e['memory']['peak_mb']:.0f} | {b['memory']['peak_mb']:.0f} |")
-    for t in result["targets"]:
-        mark = {True: "met", False: "missed", None: "not judged"}[t["met"]]
-        lines += ["", f"- **{mark}**: {t['target']} (measured {t['value']}). {t['note']}"]
-    lines += ["", "Reproduce: `python -m bench.concurrency`"]
+    lines += ["", *targets_markdown(result["targets"]), "",
+              "Reproduce: `python -m bench.concurrency`"]
     return "\n".join(lines)
 
 

@@ -40,8 +40,10 @@ from rich.table import Table
 from bench._harness import (
     RESULTS,
     LatencyServer,
+    limited,
     machine,
     ratio,
+    targets_markdown,
     timed,
     write_result,
 )
@@ -103,16 +105,6 @@ def chat_request(request: dict[str, Any]) -> ChatRequest:
         max_tokens=request.get("max_tokens"), stop=tuple(request.get("stop") or ()),
         seed=request.get("seed"), n=request.get("n", 1),
         sample_offset=request.get("sample_offset", 0))
-
-
-async def limited(jobs: Sequence[Any], c: int) -> None:
-    sem = asyncio.Semaphore(c)
-
-    async def one(job: Any) -> None:
-        async with sem:
-            await job
-
-    await asyncio.gather(*(one(j) for j in jobs))
 
 
 async def engine_pass(srv: LatencyServer, s: Settings, strategy: str, params: str,
@@ -265,19 +257,9 @@ def markdown(result: dict[str, Any]) -> str:
               "calls from the bare client. *engine − backend* is the engine's layers above HTTP "
               "alone (strategy, roles, middleware, cache, store, tree); the difference between "
               "the two is that deliberate's backend spends less CPU per call than the openai "
-              "SDK's `create`.", "", *_targets_md(result["targets"]), "",
+              "SDK's `create`.", "", *targets_markdown(result["targets"]), "",
               "Reproduce: `python -m bench.engine_overhead`"]
     return "\n".join(lines)
-
-
-def _targets_md(targets: list[dict[str, Any]]) -> list[str]:
-    out = []
-    for t in targets:
-        mark = {True: "met", False: "missed", None: "not measured"}[t["met"]]
-        value = "—" if t["value"] is None else f"{t['value']:.3g}"
-        out.append(f"- **{mark}**: {t['target']} (measured {value}, limit {t['limit']}). "
-                   f"{t.get('note') or ''}".rstrip())
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,7 +288,7 @@ def show(result: dict[str, Any], console: Console) -> None:
                       f"{c['engine']:.3f}", f"{r['overhead_ms_per_call']:.3f}",
                       f"{r['engine_over_bare']:.2f}×")
     console.print(table)
-    for line in _targets_md(result["targets"]):
+    for line in targets_markdown(result["targets"]):
         console.print(line)
 
 
