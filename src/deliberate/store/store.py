@@ -94,7 +94,6 @@ class _Write:
     kind: _Kind
     record: Any = None
     done: asyncio.Future[None] | None = None
-    row: dict[str, Any] | None = None
 
 
 def _reason(exc: BaseException) -> str:
@@ -174,7 +173,8 @@ def _upsert_statements(dialect: str) -> dict[_Kind, Insert]:
     }
 
 
-def _coalesce(writes: Iterable[_Write]) -> dict[_Kind, list[dict[str, Any]]]:
+def _coalesce(rows: Iterable[tuple[_Kind, dict[str, Any]]]
+              ) -> dict[_Kind, list[dict[str, Any]]]:
     """Group a batch's rows by table, folding repeated upserts of one key into one row.
 
     PostgreSQL refuses an upsert that touches a row twice, and the merge keeps the
@@ -183,19 +183,17 @@ def _coalesce(writes: Iterable[_Write]) -> dict[_Kind, list[dict[str, Any]]]:
     attempts: dict[tuple[str, str], dict[str, Any]] = {}
     nodes: dict[str, dict[str, Any]] = {}
     out: dict[_Kind, list[dict[str, Any]]] = {"judgement": [], "call": []}
-    for w in writes:
-        row = w.row
-        assert row is not None
-        if w.kind == "attempt":
+    for kind, row in rows:
+        if kind == "attempt":
             attempts[(row["run_id"], row["task_id"])] = row
-        elif w.kind == "node":
+        elif kind == "node":
             first = nodes.get(row["id"])
             if first is None:
                 nodes[row["id"]] = row
             else:
                 first.update({name: row[name] for name in NODE_MUTABLE})
         else:
-            out[w.kind].append(row)
+            out[kind].append(row)
     out["attempt"] = list(attempts.values())
     out["node"] = list(nodes.values())
     return out
@@ -638,16 +636,16 @@ class Store:
 
         await asyncio.to_thread(run)
 
-    def _write_batch(self, writes: list[_Write]) -> None:
+    def _write_batch(self, rows: list[tuple[_Kind, dict[str, Any]]]) -> None:
         """Write one batch in one transaction (runs in a worker thread)."""
-        groups = _coalesce(writes)
+        groups = _coalesce(rows)
         with self._exclusive(), self._write_engine.begin() as conn:
             for kind in ("attempt", "node", "judgement", "call"):
-                rows = groups[kind]
-                if rows and self._dialect == "postgresql":
-                    rows = [_pg_clean(r) for r in rows]
-                if rows:
-                    conn.execute(self._statements[kind], rows)
+                table_rows = groups[kind]
+                if table_rows and self._dialect == "postgresql":
+                    table_rows = [_pg_clean(r) for r in table_rows]
+                if table_rows:
+                    conn.execute(self._statements[kind], table_rows)
 
     async def _write_loop(self, queue: asyncio.Queue[_Write]) -> None:
         """The writer: take all that is queued, commit it, settle its waiters, repeat."""
@@ -672,16 +670,15 @@ class Store:
 
     async def _commit(self, batch: list[_Write]) -> None:
         writes = [w for w in batch if w.record is not None]
-        rows: dict[int, dict[str, Any]] = {}  # one snapshot per record object in a batch
+        snapshots: dict[int, dict[str, Any]] = {}  # one per record object in a batch
         for w in writes:
-            key = id(w.record)
-            if key not in rows:
-                rows[key] = _row(w.record)
-            w.row = rows[key]
+            if id(w.record) not in snapshots:
+                snapshots[id(w.record)] = _row(w.record)
+        rows = [(w.kind, snapshots[id(w.record)]) for w in writes]
         error: StoreError | None = None
         if writes:
             try:
-                await asyncio.to_thread(self._write_batch, writes)
+                await asyncio.to_thread(self._write_batch, rows)
             except Exception as e:
                 error = StoreError(
                     f"store {self._where}: writing a batch of {len(writes)} records "
