@@ -393,10 +393,10 @@ async def test_entry_point_verifiers(monkeypatch: pytest.MonkeyPatch) -> None:
         EntryPoint("broken", "no_such_module_xyz:f", custom.ENTRY_POINT_GROUP),
     ]
 
-    def fake(*, group: str) -> list[EntryPoint]:
+    def fake(group: str) -> list[EntryPoint]:
         return eps if group == custom.ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(custom, "entry_points", fake)
+    monkeypatch.setattr(custom, "installed", fake)
     t = math_task("4", kind="text")
     v = build_verifier("has_four")
     assert v.name == "has_four" and (await v.verify(t, "4!", None)).passed is True

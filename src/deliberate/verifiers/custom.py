@@ -22,12 +22,12 @@ import inspect
 import math
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from deliberate.errors import ConfigError, UnknownNameError
+from deliberate.plugins import installed
 from deliberate.tasks.task import Task
 from deliberate.verifiers.base import Verifier, VerifierResult
 
@@ -187,12 +187,12 @@ def python_verifier(path: str) -> Verifier:
 
 def entry_point_names() -> list[str]:
     """Names registered under the ``deliberate.verifiers`` entry-point group."""
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return sorted({ep.name for ep in installed(ENTRY_POINT_GROUP)})
 
 
 def entry_point_verifier(name: str) -> Verifier | None:
     """The verifier registered as ``name``, or None when no package registers it."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in installed(ENTRY_POINT_GROUP):
         if ep.name == name:
             try:
                 target = ep.load()
