@@ -94,6 +94,7 @@ from bench._harness import (
     HERE,
     RESULTS,
     LatencyServer,
+    limited,
     machine,
     own_cpu_s,
     process_cpu_s,
@@ -514,25 +515,22 @@ async def run_optillm(
         base_url=proxy.url + "/v1", api_key="bench-peers", max_retries=0, http_client=http
     )
     answers: dict[str, str | None] = {}
-    sem = asyncio.Semaphore(st.concurrency)
-
     async def one(task: Any) -> None:
         body = optillm_body(st, workload, task.prompt)
-        async with sem:
-            try:
-                reply = await client.chat.completions.create(
-                    model=model, messages=body.pop("messages"), extra_body=body or None
-                )
-                answers[task.id] = reply.choices[0].message.content
-            except Exception as exc:  # counted as the task's failure, not hidden
-                answers[task.id] = None
-                m.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            reply = await client.chat.completions.create(
+                model=model, messages=body.pop("messages"), extra_body=body or None
+            )
+            answers[task.id] = reply.choices[0].message.content
+        except Exception as exc:  # counted as the task's failure, not hidden
+            answers[task.id] = None
+            m.errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
     try:
         server.reset_stats()
         srv0, prx0, cpu0 = server.cpu_s(), process_cpu_s(proxy.proc.pid), own_cpu_s()
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(t) for t in tasks))
+        await limited([one(t) for t in tasks], st.concurrency)
         m.wall_s = time.perf_counter() - t0
         srv1, prx1 = server.cpu_s(), process_cpu_s(proxy.proc.pid)
         m.cpu_s = {

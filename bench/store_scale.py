@@ -94,7 +94,16 @@ from sqlalchemy import (
     text,
 )
 
-from bench._harness import RESULTS, machine, peak_rss_mb, ratio, rss_mb, timed, write_result
+from bench._harness import (
+    RESULTS,
+    limited,
+    machine,
+    peak_rss_mb,
+    ratio,
+    rss_mb,
+    timed,
+    write_result,
+)
 from deliberate.config import RunConfig
 from deliberate.engine.runner import arun, new_run_id
 from deliberate.models.sim import SimModel
@@ -699,23 +708,20 @@ async def store_replay(
     for name, factory in kinds.items():
         for r in rows[name]:
             by_task.setdefault(r["task_id"], {k: [] for k in kinds})[name].append(factory(**r))
-    sem = asyncio.Semaphore(concurrency)
-
     async def one(recs: dict[str, list[Any]]) -> None:
-        async with sem:
-            for a in recs["attempts"]:
-                store.put_attempt(dataclasses.replace(a, status="running"))
-            for n in recs["nodes"]:
-                store.put_node(n)
-            for c in recs["model_calls"]:
-                await store.record_call(c)
-            for j in recs["judgements"]:
-                store.put_judgement(j)
-            for a in recs["attempts"]:
-                store.put_attempt(a)
+        for a in recs["attempts"]:
+            store.put_attempt(dataclasses.replace(a, status="running"))
+        for n in recs["nodes"]:
+            store.put_node(n)
+        for c in recs["model_calls"]:
+            await store.record_call(c)
+        for j in recs["judgements"]:
+            store.put_judgement(j)
+        for a in recs["attempts"]:
+            store.put_attempt(a)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(recs) for recs in by_task.values()))
+    await limited([one(recs) for recs in by_task.values()], concurrency)
     await store.flush()
     return time.perf_counter() - t0
 
