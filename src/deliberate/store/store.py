@@ -623,9 +623,15 @@ class Store:
         return await asyncio.to_thread(run)
 
     async def _write_now(self, fn: Callable[[Connection], None]) -> None:
-        """Run ``fn`` in its own transaction in a worker thread."""
+        """Run ``fn`` in its own transaction in a worker thread, after queued writes.
+
+        A run marked done before its last attempt is committed would, killed in
+        between, be skipped on resume with that task unanswered.
+        """
         if self._closed:
             raise StoreError(f"store {self._where} is closed")
+        if self._pending and self._accepting:
+            await self._barrier()
 
         def run() -> None:
             try:
