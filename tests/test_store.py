@@ -381,6 +381,30 @@ async def test_reads_see_writes_still_queued(store: Store) -> None:
 # ------------------------------------------------------- durability, batching
 
 
+async def test_a_run_status_is_committed_after_the_writes_queued_before_it(
+        store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run marked done while its last attempt still sat in the queue was, when the
+    process died in between, skipped on resume with that task unanswered."""
+    await store.create_run(make_run())
+    slow_batch = store._write_batch
+
+    def late(rows: Any) -> None:
+        time.sleep(0.3)  # the writer is busy when the status update arrives
+        slow_batch(rows)
+
+    monkeypatch.setattr(store, "_write_batch", late)
+    store.put_attempt(AttemptRecord("run-1", "t1", status="done", answer="42"))
+    await store.update_run("run-1", status="done")
+    other = await in_thread_store(store_url)  # reads the database, not the queue
+    try:
+        run = await other.get_run("run-1")
+        attempt = await other.get_attempt("run-1", "t1")
+        assert run is not None and run.status == "done"
+        assert attempt is not None and attempt.answer == "42"
+    finally:
+        await other.aclose()
+
+
 async def test_record_call_is_durable_when_it_returns(store: Store, store_url: str) -> None:
     await store.create_run(make_run())
     call = make_call(1)
@@ -402,13 +426,25 @@ async def test_concurrent_record_calls_are_group_committed(store: Store) -> None
     assert len(await store.load_calls("run-1", "t1")) == 1000
 
 
-async def test_a_lone_record_call_does_not_wait_for_a_timer(store: Store) -> None:
+async def test_a_lone_record_call_does_not_wait_for_a_timer(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit takes what is queued when the writer is free; it never holds a
+    call back to wait for company (every loop timer passes through ``call_at``)."""
     await store.create_run(make_run())
-    await store.record_call(make_call(0))  # warm the connection
-    start = time.perf_counter()
-    for i in range(1, 6):
+    loop = asyncio.get_running_loop()
+    timers: list[Any] = []
+    schedule = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        timers.append(callback)
+        return schedule(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    before = store.batches_committed
+    for i in range(5):
         await store.record_call(make_call(i))
-    assert (time.perf_counter() - start) / 5 < 0.1
+    assert timers == []
+    assert store.batches_committed - before == 5
 
 
 async def test_aclose_writes_everything_queued(store_url: str) -> None:
@@ -588,10 +624,8 @@ async def test_a_newer_database_is_refused(store_url: str) -> None:
 
 
 def test_unreachable_postgres_fails_fast_with_one_line() -> None:
-    start = time.monotonic()
     with pytest.raises(StoreError) as info:
         Store.open("postgresql://u:secret@127.0.0.1:1/x")
-    assert time.monotonic() - start < 5
     message = str(info.value)
     assert message.startswith("cannot open store postgresql+psycopg://u:***@127.0.0.1:1/x: ")
     assert "\n" not in message
