@@ -33,11 +33,10 @@ Two departures from a plain ``SimServer`` + ``openai:sim@…`` run, both switcha
   ``Draft <8 letters>.`` derived from its request and sample index: every later
   request about it is distinct and reaches the server; runs stay deterministic
   and answer extraction is unaffected (letters only, first line).
-- *The server's own socket* (``--server-as-is`` uses ``SimServer`` unchanged). The
-  child serves the same app (``create_app``) on a socket made with IPPROTO_TCP, so
-  asyncio turns Nagle's algorithm off on accepted connections. ``SimServer`` did
-  not until this benchmark found it (each kept-alive response then waited ~40 ms
-  for the client's delayed ACK); it binds the same way now, so both set-ups agree.
+- *Nagle off.* The server's socket is made with IPPROTO_TCP, so asyncio turns
+  Nagle's algorithm off on accepted connections. ``SimServer`` did not until this
+  benchmark found it (each kept-alive response then waited ~40 ms for the client's
+  delayed ACK); every server of ours now binds through ``deliberate.serving.bind``.
 
 The critical path. A rollout is one expansion (the k children's calls in
 parallel, one latency) then the valuation of its children (again in parallel, one
@@ -93,12 +92,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -107,7 +104,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -117,7 +113,7 @@ from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, ModelWr
 from deliberate.models.openai_backend import OpenAIChatModel
 from deliberate.models.registry import build_model
 from deliberate.models.sim import SimParams
-from deliberate.models.sim.server import ServerConfig, SimServer, create_app
+from deliberate.models.sim.server import ServerConfig, SimServer
 from deliberate.tasks import load_suite
 from deliberate.tree import ModelCallRecord, NodeRecord
 
@@ -142,7 +138,6 @@ class BenchConfig:
     seed: int = 0
     diagnostics: bool = True
     draft_tags: bool = True
-    server_as_is: bool = False
 
     def mcts_params(self, p: int) -> dict[str, Any]:
         return {"iterations": self.iterations, "k": self.k, "max_depth": self.max_depth,
@@ -157,43 +152,22 @@ QUICK = BenchConfig(ps=(1, 4), tasks=2, iterations=8, ttft_ms=20.0, repeats=1,
 # ------------------------------------------------------------------ the server
 
 
-def _serve(server_config: dict[str, Any], as_is: bool, conn: Connection) -> None:
+def _serve(server_config: dict[str, Any], conn: Connection) -> None:
     """Child process: serve the sim until told to stop."""
     cfg = ServerConfig.model_validate(server_config)
-    if as_is:
-        with SimServer(load_suite(SUITE), SimParams(), cfg) as srv:
-            conn.send(srv.base_url)
-            conn.recv()
-        return
-    # SimServer's app on a socket created as IPPROTO_TCP: asyncio then turns Nagle
-    # off on every accepted connection (it does so only when the proto says TCP).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.host, cfg.port))
-    app = create_app(load_suite(SUITE), SimParams(), cfg)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=None,
-                                           access_log=False, lifespan="off", ws="none"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the sim server failed to start")
-        time.sleep(0.01)
-    conn.send(f"http://{cfg.host}:{sock.getsockname()[1]}/v1")
-    conn.recv()
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with SimServer(load_suite(SUITE), SimParams(), cfg) as srv:
+        conn.send(srv.base_url)
+        conn.recv()
 
 
 class ServerProcess:
     """The sim server in a child process (its CPU must not share the engine's GIL)."""
 
-    def __init__(self, config: ServerConfig, *, as_is: bool = False) -> None:
+    def __init__(self, config: ServerConfig) -> None:
         self.config = config
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(config.model_dump(), as_is, child),
+        self._proc = ctx.Process(target=_serve, args=(config.model_dump(), child),
                                  daemon=True)
         self.base_url = ""
 
@@ -597,7 +571,7 @@ async def bench(bc: BenchConfig, console: Console) -> dict[str, Any]:
         "benchmark": "parallel_rollouts",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
-        "server": {**server_cfg.model_dump(mode="json"), "nagle_off": not bc.server_as_is},
+        "server": {**server_cfg.model_dump(mode="json"), "nagle_off": True},
         "suite": SUITE,
         "tasks": bc.tasks,
         "task_concurrency": 1,
@@ -609,7 +583,7 @@ async def bench(bc: BenchConfig, console: Console) -> dict[str, Any]:
         "bench_config": asdict(bc),
     }
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp, \
-            ServerProcess(server_cfg, as_is=bc.server_as_is) as server:
+            ServerProcess(server_cfg) as server:
         work = Path(tmp)
         warm = replace(bc, tasks=1, iterations=2)
         await measure(warm, 1, server, work / "warmup.db")
@@ -695,8 +669,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-diagnostics", action="store_true", help="skip the extra runs")
     ap.add_argument("--plain-sim", action="store_true",
                     help="no draft tags: identical requests are answered by the journal")
-    ap.add_argument("--server-as-is", action="store_true",
-                    help="SimServer unchanged (Nagle on: ~40 ms more per request)")
     args = ap.parse_args(argv)
     bc = QUICK if args.quick else FULL
     given: dict[str, Any] = {
@@ -705,7 +677,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeats": args.repeats,
         "diagnostics": False if args.no_diagnostics else None,
         "draft_tags": False if args.plain_sim else None,
-        "server_as_is": True if args.server_as_is else None,
     }
     bc = replace(bc, **{k: v for k, v in given.items() if v is not None})
     if not bc.ps or min(bc.ps) < 1 or bc.repeats < 1 or bc.tasks < 1:

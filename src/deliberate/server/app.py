@@ -24,14 +24,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import socket
-import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
-import uvicorn
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -45,6 +41,7 @@ from deliberate.server.config import ServeConfig
 from deliberate.server.openai_api import ServerState
 from deliberate.server.openai_api import router as openai_router
 from deliberate.server.wire import ApiError
+from deliberate.serving import BackgroundServer, bind, run_foreground, url_of, uvicorn_config
 from deliberate.store import Store
 from deliberate.strategies.base import available_strategies
 
@@ -286,99 +283,12 @@ def _version() -> str:
 # ------------------------------------------------------------------ running it
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (Nagle off on accepted sockets: the protocol is named)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
-    # log_config None: the embedding program owns logging
-    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                          lifespan="on", ws="none", timeout_graceful_shutdown=2,
-                          backlog=4096)
-
-
 def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the server in the foreground until interrupted (the CLI's ``serve``)."""
     config.check_exposure()
     app = create_app(config)
     sock = bind(config.host, config.port)
-    try:
-        sock.listen(4096)  # connections wait in the backlog until the app has started
-        port = sock.getsockname()[1]
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        if on_ready is not None:
-            on_ready(f"http://{host}:{port}")
-        uvicorn.Server(uvicorn_config(app, config.host, port)).run(sockets=[sock])
-    finally:
-        sock.close()
-
-
-class BackgroundServer:
-    """An app on a loopback port in a background thread, for tests and benchmarks.
-
-    ``with BackgroundServer(create_app(cfg)) as srv: OpenAI(base_url=srv.base_url)``.
-    """
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = app
-        self.host = host
-        self._port = port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI base URL (``…/v1``)."""
-        return f"{self.url}/v1"
-
-    def start(self, timeout: float = 20.0) -> BackgroundServer:
-        if self._thread is not None:
-            return self
-        sock = bind(self.host, self._port)
-        self._port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn_config(self.app, self.host, self._port))
-        self._server, self._sock = server, sock
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                        name=f"deliberate-serve-{self._port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("deliberate server failed to start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        server, thread = self._server, self._thread
-        if server is not None and thread is not None:
-            server.should_exit = True
-            thread.join(timeout / 2)
-            if thread.is_alive():
-                server.force_exit = True
-                thread.join(timeout / 2)
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._thread = self._sock = None
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    port = sock.getsockname()[1]
+    if on_ready is not None:
+        on_ready(url_of(config.host, port))  # early clients wait in the backlog
+    run_foreground(uvicorn_config(app, config.host, port), sock)

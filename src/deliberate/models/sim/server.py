@@ -15,20 +15,18 @@ import json
 import logging
 import random
 import secrets
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deliberate.models.base import ChatRequest, ChatResponse, Message, Role
 from deliberate.models.sim.core import SimModel, SimParams, token_pieces
+from deliberate.serving import BackgroundServer, bind, run_foreground, url_of, uvicorn_config
 from deliberate.tasks.task import Suite
 
 __all__ = ["ServerConfig", "SimServer", "create_app", "serve"]
@@ -395,38 +393,7 @@ async def _stream(
         state.stats.in_flight -= 1
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # The protocol must be named: asyncio turns Nagle off (TCP_NODELAY) on accepted
-    # sockets only when the listener says IPPROTO_TCP, and with Nagle on every
-    # kept-alive response waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def _uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:
-    # log_config/log_level None: a library must not reconfigure the host's logging.
-    return uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        log_config=None,
-        log_level=None,
-        access_log=False,
-        lifespan="off",
-        ws="none",
-        timeout_graceful_shutdown=1,
-    )
-
-
-class SimServer:
+class SimServer(BackgroundServer):
     """A sim server on a loopback port in a background thread, for tests and benchmarks.
 
     ``with SimServer(suite) as srv: AsyncOpenAI(base_url=srv.base_url, api_key="x")``.
@@ -439,74 +406,16 @@ class SimServer:
         server_config: ServerConfig | None = None,
     ) -> None:
         self.config = server_config or ServerConfig()
-        self.app = create_app(suite, sim_params, self.config)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-        self._sock: socket.socket | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("SimServer is not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Root URL, e.g. ``http://127.0.0.1:PORT`` (``/stats`` lives here)."""
-        host = self.config.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI base URL, ``http://127.0.0.1:PORT/v1``."""
-        return f"{self.url}/v1"
+        super().__init__(create_app(suite, sim_params, self.config), self.config.host,
+                         self.config.port, lifespan="off", graceful_s=1, name="sim-server")
 
     def start(self, timeout: float = 10.0) -> SimServer:
-        if self._thread is not None:
-            return self
-        sock = _bind(self.config.host, self.config.port)
-        self._port = sock.getsockname()[1]
-        server = uvicorn.Server(_uvicorn_config(self.app, self.config))
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name=f"sim-server-{self._port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError("sim server failed to start")
-            time.sleep(0.005)
-        self._sock = sock
+        super().start(timeout)
         log.info("sim server listening on %s", self.base_url)
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(timeout / 2)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout / 2)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._server = None
-        self._thread = None
-
     def __enter__(self) -> SimServer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def serve(
@@ -517,10 +426,7 @@ def serve(
     """Run the sim server in the foreground until interrupted (the CLI's ``serve``)."""
     config = server_config or ServerConfig()
     app = create_app(suite, sim_params, config)
-    sock = _bind(config.host, config.port)
-    try:
-        port = sock.getsockname()[1]
-        log.warning("sim server for suite %r on http://%s:%d/v1", suite.name, config.host, port)
-        uvicorn.Server(_uvicorn_config(app, config)).run(sockets=[sock])
-    finally:
-        sock.close()
+    sock = bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    log.warning("sim server for suite %r on %s/v1", suite.name, url_of(config.host, port))
+    run_foreground(uvicorn_config(app, config.host, port, lifespan="off", graceful_s=1), sock)
