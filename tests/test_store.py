@@ -370,6 +370,41 @@ async def test_load_tree_returns_exactly_that_tasks_nodes(store: Store) -> None:
     assert {j.node_id for j in judgements} == {n.id for n in nodes}
 
 
+async def test_load_node_reads_one_node_and_what_is_about_it(store: Store) -> None:
+    await store.create_run(make_run())
+    await store.create_run(make_run("run-2"))
+    parent = make_node("p", created_at=1.0)
+    # Made by call-1 (recorded under another node that asked the same), judged by a
+    # judgement citing call-4; call-2 and call-3 were made for it; call-5 is unrelated.
+    node = make_node("n", parent_id="p", call_id="call-1", created_at=2.0)
+    for n in (parent, node, make_node("other", created_at=3.0),
+              make_node("n-elsewhere", "run-2", created_at=4.0)):
+        store.put_node(n)
+    late = JudgementRecord("j2", "run-1", "t1", "n", "verifier:x", "verifier", created_at=6.0)
+    early = JudgementRecord("j1", "run-1", "t1", "n", "model:sim", "critic", created_at=5.0,
+                            meta={"call_ids": ["call-4"]})
+    for j in (late, early, JudgementRecord("j3", "run-1", "t1", "other", "v", "verifier")):
+        store.put_judgement(j)
+    calls = {i: make_call(i, node_id=node_id, created_at=float(10 - i))
+             for i, node_id in [(1, "other"), (2, "n"), (3, "n"), (4, None), (5, "other")]}
+    for c in calls.values():
+        await store.record_call(c)
+    await store.record_call(make_call(6, "run-2", node_id="n"))
+
+    view = await store.load_node("run-1", "t1", "n")
+    assert view is not None
+    assert (view.node, view.parent) == (node, parent)
+    assert view.judgements == [early, late]
+    assert list(view.calls) == ["call-4", "call-3", "call-2", "call-1"]  # creation order
+    assert view.calls["call-2"] == calls[2]
+
+    root = await store.load_node("run-1", "t1", "p")
+    assert root is not None and root.parent is None and root.calls == {}
+    assert await store.load_node("run-1", "t1", "missing") is None
+    assert await store.load_node("run-1", "t2", "n") is None  # not in that task
+    assert await store.load_node("run-2", "t1", "n") is None
+
+
 async def test_reads_see_writes_still_queued(store: Store) -> None:
     await store.create_run(make_run())
     store.put_node(make_node("n1"))

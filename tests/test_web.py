@@ -519,7 +519,7 @@ def test_a_tree_of_5000_nodes(page: Any, site: Site) -> None:
     assert svg_data(page)["shown"] == str(BIG)
     timings["expand_root"] = svg_data(page)
     # What the API takes to serve this tree and one node of it (the node's detail reads
-    # the whole task: the store has no per-node read).
+    # only that node's rows, Store.load_node).
     base = f"{site.url}/api/runs/{site.big_run}/tasks/big"
     t = time.monotonic()
     r = httpx.get(f"{base}/tree")

@@ -19,10 +19,10 @@ dependency :func:`get_store`, which returns ``request.app.state.store``: the app
 that mounts this router (``server.app.create_app``, or a test's own app) opens the
 store in its lifespan and sets that attribute. Nothing here holds state of its own.
 
-Reads go through the Store's public methods only. A node's detail reads its whole
-task (``Store.load_task``): the Store has no per-node read, and a task's rows are
-what a tree page needs anyway; ``docs/web.md`` gives the time this takes on a tree
-of 5,000 nodes.
+Reads go through the Store's public methods only. A node's detail reads that node,
+its parent, its judgements and its calls (``Store.load_node``), not its task: a
+5,000-node task holds thousands of model calls with their full requests
+(``docs/web.md`` gives the times on such a tree).
 """
 
 from __future__ import annotations
@@ -428,19 +428,16 @@ async def build_tree(store: Store, run_id: str, task_id: str) -> TreeOut | None:
 
 async def build_node_detail(store: Store, run_id: str, task_id: str,
                             node_id: str) -> NodeDetail | None:
-    nodes, judgements, calls = await store.load_task(run_id, task_id)
-    by_id = {n.id: n for n in nodes}
-    node = by_id.get(node_id)
-    if node is None:
+    view = await store.load_node(run_id, task_id, node_id)
+    if view is None:
         return None
-    parent = by_id.get(node.parent_id) if node.parent_id is not None else None
-    own = [j for j in judgements if j.node_id == node_id]
+    node, parent, own, calls = view.node, view.parent, view.judgements, view.calls
     # The call that made the node, the calls made for it, and those its judgements cite
     # (a call shared by identical requests is recorded once, under the first node).
     wanted: dict[str, None] = {}
     if node.call_id is not None:
         wanted[node.call_id] = None
-    for c in sorted(calls.values(), key=lambda c: (c.created_at, c.id)):
+    for c in calls.values():  # in creation order
         if c.node_id == node_id:
             wanted[c.id] = None
     for j in own:

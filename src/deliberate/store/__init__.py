@@ -6,7 +6,8 @@ and :mod:`deliberate.store.migrations` for how the schema evolves.
 """
 
 from deliberate.store.migrations import SCHEMA_VERSION
-from deliberate.store.store import MAX_BATCH, Store
+from deliberate.store.store import MAX_BATCH, NodeView, Store
 from deliberate.store.urls import default_home, default_path, resolve_url
 
-__all__ = ["MAX_BATCH", "SCHEMA_VERSION", "Store", "default_home", "default_path", "resolve_url"]
+__all__ = ["MAX_BATCH", "SCHEMA_VERSION", "NodeView", "Store", "default_home", "default_path",
+           "resolve_url"]

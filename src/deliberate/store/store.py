@@ -43,6 +43,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -65,7 +66,7 @@ from deliberate.tree import (
     now,
 )
 
-__all__ = ["MAX_BATCH", "Store"]
+__all__ = ["MAX_BATCH", "NodeView", "Store"]
 
 MAX_BATCH = 500
 """Most records written in one transaction."""
@@ -236,6 +237,17 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 def _row(record: Any) -> dict[str, Any]:
     """A record's fields as a row to queue, snapshotted (see :func:`_json_copy`)."""
     return {f.name: _json_copy(getattr(record, f.name)) for f in dataclasses.fields(record)}
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What :meth:`Store.load_node` reads: a node, its parent, its judgements (creation
+    order), and by id the calls that made it, were made for it or its judgements cite."""
+
+    node: NodeRecord
+    parent: NodeRecord | None
+    judgements: list[JudgementRecord]
+    calls: dict[str, ModelCallRecord]
 
 
 def _records(factory: Callable[..., _R], rows: Iterable[RowMapping]) -> list[_R]:
@@ -531,6 +543,40 @@ class Store:
                 _records(JudgementRecord, c.execute(judgements_q).mappings()),
                 {call.id: call for call in calls},
             )
+
+        return await self._read(read)
+
+    async def load_node(self, run_id: str, task_id: str, node_id: str) -> NodeView | None:
+        """One node with its parent, its judgements and the calls about it, without
+        reading the rest of its task (a web view opens nodes of 5,000-node trees)."""
+        n, j, m = schema.nodes, schema.judgements, schema.model_calls
+        node_q = select(n).where(n.c.id == node_id, n.c.run_id == run_id,
+                                 n.c.task_id == task_id)
+        judgements_q = (select(j).where(j.c.node_id == node_id, j.c.run_id == run_id)
+                        .order_by(j.c.created_at, j.c.id))
+
+        def read(c: Connection) -> NodeView | None:
+            found = _records(NodeRecord, c.execute(node_q).mappings())
+            if not found:
+                return None
+            node = found[0]
+            parent = None
+            if node.parent_id is not None:
+                up = select(n).where(n.c.id == node.parent_id, n.c.run_id == run_id)
+                parents = _records(NodeRecord, c.execute(up).mappings())
+                parent = parents[0] if parents else None
+            judgements = _records(JudgementRecord, c.execute(judgements_q).mappings())
+            cited = {node.call_id} if node.call_id is not None else set()
+            for jm in judgements:
+                ids = jm.meta.get("call_ids")
+                if isinstance(ids, list):
+                    cited.update(str(i) for i in ids)
+            about = m.c.node_id == node_id
+            calls_q = (select(m).where(m.c.run_id == run_id, m.c.task_id == task_id,
+                                       or_(about, m.c.id.in_(cited)) if cited else about)
+                       .order_by(m.c.created_at, m.c.id))
+            calls = _records(ModelCallRecord, c.execute(calls_q).mappings())
+            return NodeView(node, parent, judgements, {call.id: call for call in calls})
 
         return await self._read(read)
 
