@@ -59,7 +59,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -192,12 +192,51 @@ class EvalUsage:
                    wall_s)
 
 
-def _stack(backend: ChatModel, config: CriticEvalConfig, ledger: Ledger,
-           default_max_tokens: int) -> ChatModel:
-    """The run's middleware, innermost first: limit, retry, then budget and accounting."""
-    model: ChatModel = ConcurrencyLimitModel(backend, config.concurrency)
-    model = RetryModel(model, config.retry.policy(), seed=config.seed)
-    return BudgetedModel(model, ledger, default_max_tokens=default_max_tokens)
+RoleT = TypeVar("RoleT")
+
+
+class _Session:
+    """What every form sets up alike: the items' suite, the model wrapped like a run's
+    (concurrency limit, retry, then budget and accounting per role), one ledger.
+
+    The model is ``config.model`` built with the suite (so ``sim`` knows the items'
+    labels), or the caller's ``model``, which the session does not close.
+    """
+
+    def __init__(self, config: CriticEvalConfig, suite: Suite, model: ChatModel | None) -> None:
+        self.config = config
+        self.task_of = {t.prompt: t for t in suite}
+        self._owned = model is None
+        self.backend = model if model is not None else build_model(config.model_string(),
+                                                                    suite)
+        self.ledger = Ledger(limits=config.budget.limits())
+        self._limited: ChatModel = RetryModel(ConcurrencyLimitModel(self.backend,
+                                                                    config.concurrency),
+                                              config.retry.policy(), seed=config.seed)
+        self._prompts = Prompts(config.prompts_dir)
+        self._started = time.monotonic()
+
+    def role(self, cls: Callable[[ChatModel, RoleConfig, Prompts, int], RoleT], name: str,
+             role_cfg: RoleConfig) -> RoleT:
+        """A role as a run builds it, on this session's model and ledger."""
+        model = BudgetedModel(self._limited, self.ledger, default_max_tokens=role_cfg.max_tokens)
+        return cls(model, role_cfg, self._prompts, _role_seed(self.config, name))
+
+    async def ask(self, items: Sequence[T], one: Callable[[T], Awaitable[R]],
+                  progress: Callable[[int, int], None] | None) -> list[Outcome[R]]:
+        """:func:`ask_in_seeded_order`, closing a model the session built."""
+        self._started = time.monotonic()
+        try:
+            return await ask_in_seeded_order(items, one, self.config, progress)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self.backend.aclose()
+
+    def usage(self) -> EvalUsage:
+        return EvalUsage.of(self.ledger, time.monotonic() - self._started)
 
 
 def _is_fatal(exc: DeliberateError) -> bool:
@@ -285,6 +324,39 @@ async def ask_in_seeded_order(
     for i, o in zip(order, shuffled, strict=True):
         outcomes[i] = o
     return outcomes
+
+
+class _Recorded(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+M = TypeVar("M")
+Rec = TypeVar("Rec", bound=_Recorded)
+
+
+@dataclass(frozen=True, slots=True)
+class FormResult(Generic[M, Rec]):
+    """What every form returns: its scores, a record per item (file order), what it
+    consumed, the config, and the budget that stopped it early if one did."""
+
+    model: str
+    metrics: M
+    records: tuple[Rec, ...]
+    usage: EvalUsage
+    config: CriticEvalConfig
+    limited_by: str | None = None
+
+    FORM: ClassVar[str] = ""
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _result_dict(self, self.FORM, **self._extra())
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
 
 
 # ---------------------------------------------------------------- ProcessBench: data
@@ -573,21 +645,10 @@ def processbench_metrics(labels: Sequence[int], predicted: Sequence[int | None],
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessBenchResult:
-    """A step critic's ProcessBench evaluation: scores, per-item records, consumption."""
+class ProcessBenchResult(FormResult[ProcessBenchMetrics, ProcessBenchRecord]):
+    """A step critic's ProcessBench evaluation."""
 
-    model: str
-    metrics: ProcessBenchMetrics
-    records: tuple[ProcessBenchRecord, ...]
-    usage: EvalUsage
-    config: CriticEvalConfig
-    limited_by: str | None = None
-
-    def count(self, status: Status) -> int:
-        return sum(r.status == status for r in self.records)
-
-    def as_dict(self) -> dict[str, Any]:
-        return _result_dict(self, "processbench")
+    FORM: ClassVar[str] = "processbench"
 
 
 def _record(item: ProcessBenchItem, outcome: Outcome[ProcessBenchRecord]) -> ProcessBenchRecord:
@@ -614,17 +675,11 @@ async def evaluate_processbench(
     cfg = config or CriticEvalConfig()
     if not items:
         raise UsageError("no ProcessBench items to evaluate")
-    suite = processbench_suite(items)
-    task_of = {t.prompt: t for t in suite}
-    backend = model if model is not None else build_model(cfg.model_string(), suite)
-    role_cfg = cfg.role_config("step_critic")
-    ledger = Ledger(limits=cfg.budget.limits())
-    stacked = _stack(backend, cfg, ledger, role_cfg.max_tokens)
-    critic = StepCritic(stacked, role_cfg, Prompts(cfg.prompts_dir),
-                        int(make_id(cfg.seed, "step_critic")[:8], 16))
+    session = _Session(cfg, processbench_suite(items), model)
+    critic = session.role(StepCritic, "step_critic", cfg.role_config("step_critic"))
 
     async def one(item: ProcessBenchItem) -> ProcessBenchRecord:
-        review = await critic.review(task_of[item.problem], item.steps)
+        review = await critic.review(session.task_of[item.problem], item.steps)
         step = review.first_wrong_step
         reason = review.verdict.reason if review.verdict is not None else ""
         if step is None:
@@ -635,19 +690,14 @@ async def evaluate_processbench(
                                   to_processbench_label(step), "ok", reason, review.raw,
                                   None, review.repaired)
 
-    started = time.monotonic()
-    try:
-        outcomes = await ask_in_seeded_order(items, one, cfg, progress)
-    finally:
-        if model is None:
-            await backend.aclose()
+    outcomes = await session.ask(items, one, progress)
     records = tuple(_record(it, o) for it, o in zip(items, outcomes, strict=True))
     asked = [r for r in records if r.status != "skipped"]
     metrics = processbench_metrics([r.label for r in asked], [r.predicted for r in asked],
                                    resamples=cfg.resamples, level=cfg.level, seed=cfg.seed)
-    return ProcessBenchResult(model=backend.model_id, metrics=metrics, records=records,
-                              usage=EvalUsage.of(ledger, time.monotonic() - started),
-                              config=cfg, limited_by=ledger.limited_by)
+    return ProcessBenchResult(model=session.backend.model_id, metrics=metrics, records=records,
+                              usage=session.usage(), config=cfg,
+                              limited_by=session.ledger.limited_by)
 
 
 # ================================================================ shared by the forms below
@@ -1053,22 +1103,15 @@ def verdict_metrics(correct: Sequence[bool], said_correct: Sequence[bool | None]
 
 
 @dataclass(frozen=True, slots=True)
-class VerdictResult:
-    """A critic's verdicts on labelled candidates: scores, per-item records, consumption."""
+class VerdictResult(FormResult[VerdictMetrics, VerdictRecord]):
+    """A critic's (or judge's: ``role``) verdicts on labelled candidates."""
 
-    model: str
-    role: str
-    metrics: VerdictMetrics
-    records: tuple[VerdictRecord, ...]
-    usage: EvalUsage
-    config: CriticEvalConfig
-    limited_by: str | None = None
+    role: str = "critic"
 
-    def count(self, status: VerdictStatus) -> int:
-        return sum(r.status == status for r in self.records)
+    FORM: ClassVar[str] = "verdict"
 
-    def as_dict(self) -> dict[str, Any]:
-        return _result_dict(self, "verdict", role=self.role)
+    def _extra(self) -> dict[str, Any]:
+        return {"role": self.role}
 
 
 VerdictRole = Literal["critic", "judge"]
@@ -1091,17 +1134,11 @@ async def evaluate_verdicts(
     cfg = config or CriticEvalConfig()
     if not items:
         raise UsageError("no labelled candidates to evaluate")
-    suite = verdict_suite(items)
-    task_of = {t.prompt: t for t in suite}
-    backend = model if model is not None else build_model(cfg.model_string(), suite)
-    role_cfg = cfg.role_config(role)
-    ledger = Ledger(limits=cfg.budget.limits())
-    cls = Critic if role == "critic" else Judge
-    judge = cls(_stack(backend, cfg, ledger, role_cfg.max_tokens), role_cfg,
-                Prompts(cfg.prompts_dir), _role_seed(cfg, role))
+    session = _Session(cfg, verdict_suite(items), model)
+    judge = session.role(Critic if role == "critic" else Judge, role, cfg.role_config(role))
 
     async def one(item: LabelledCandidate) -> VerdictRecord:
-        res = await judge.judge(task_of[item.question], item.solution)
+        res = await judge.judge(session.task_of[item.question], item.solution)
         v = res.verdict
         if v is None:
             return VerdictRecord(item.id, item.source, item.correct, None, "unreadable",
@@ -1109,12 +1146,7 @@ async def evaluate_verdicts(
         return VerdictRecord(item.id, item.source, item.correct, v.verdict, "ok", v.score,
                              v.critique, res.raw, None, res.repaired)
 
-    started = time.monotonic()
-    try:
-        outcomes = await ask_in_seeded_order(items, one, cfg, progress)
-    finally:
-        if model is None:
-            await backend.aclose()
+    outcomes = await session.ask(items, one, progress)
     records = []
     for item, o in zip(items, outcomes, strict=True):
         if o.value is not None:
@@ -1128,9 +1160,8 @@ async def evaluate_verdicts(
         [None if r.said is None else r.said == "correct" for _, r in asked],
         [it.question for it, _ in asked], [r.source for _, r in asked],
         resamples=cfg.resamples, level=cfg.level, seed=cfg.seed)
-    return VerdictResult(backend.model_id, role, metrics, tuple(records),
-                         EvalUsage.of(ledger, time.monotonic() - started), cfg,
-                         ledger.limited_by)
+    return VerdictResult(session.backend.model_id, metrics, tuple(records), session.usage(),
+                         cfg, session.ledger.limited_by, role=role)
 
 
 # ================================================================ pairwise judge (LLMBar)
@@ -1328,22 +1359,15 @@ def pairwise_metrics(records: Sequence[PairRecord], config: CriticEvalConfig | N
 
 
 @dataclass(frozen=True, slots=True)
-class PairwiseResult:
-    """A pairwise judge's evaluation: scores, per-pair records, consumption."""
+class PairwiseResult(FormResult[PairwiseMetrics, PairRecord]):
+    """A pairwise judge's evaluation (``swap``: both orders asked)."""
 
-    model: str
-    metrics: PairwiseMetrics
-    records: tuple[PairRecord, ...]
-    usage: EvalUsage
-    config: CriticEvalConfig
     swap: bool = True
-    limited_by: str | None = None
 
-    def count(self, status: VerdictStatus) -> int:
-        return sum(r.status == status for r in self.records)
+    FORM: ClassVar[str] = "pairwise"
 
-    def as_dict(self) -> dict[str, Any]:
-        return _result_dict(self, "pairwise", swap=self.swap)
+    def _extra(self) -> dict[str, Any]:
+        return {"swap": self.swap}
 
 
 async def evaluate_pairwise(
@@ -1363,16 +1387,12 @@ async def evaluate_pairwise(
     cfg = config or CriticEvalConfig()
     if not items:
         raise UsageError("no pairs to evaluate")
-    suite = pairwise_suite(items)
-    task_of = {t.prompt: t for t in suite}
-    backend = model if model is not None else build_model(cfg.model_string(), suite)
-    role_cfg = cfg.role_config("pairwise_judge")
-    ledger = Ledger(limits=cfg.budget.limits())
-    judge = PairwiseJudge(_stack(backend, cfg, ledger, role_cfg.max_tokens), role_cfg,
-                          Prompts(cfg.prompts_dir), _role_seed(cfg, "pairwise_judge"))
+    session = _Session(cfg, pairwise_suite(items), model)
+    judge = session.role(PairwiseJudge, "pairwise_judge", cfg.role_config("pairwise_judge"))
 
     async def one(item: PairItem) -> PairRecord:
-        cmp = await judge.compare(task_of[item.input], item.output_1, item.output_2, swap=swap)
+        cmp = await judge.compare(session.task_of[item.input], item.output_1, item.output_2,
+                                  swap=swap)
         asked = [cmp.first] if cmp.second is None else [cmp.first, cmp.second]
         said = [r.value.winner if r.value is not None else None for r in asked]
         winner = {"x": 1, "y": 2, "tie": 0}[cmp.winner]
@@ -1384,20 +1404,14 @@ async def evaluate_pairwise(
             "; ".join(r.error for r in asked if r.error) or None,
             any(r.repaired for r in asked))
 
-    started = time.monotonic()
-    try:
-        outcomes = await ask_in_seeded_order(items, one, cfg, progress)
-    finally:
-        if model is None:
-            await backend.aclose()
+    outcomes = await session.ask(items, one, progress)
     records = tuple(
         o.value if o.value is not None else PairRecord(
             item.id, item.label, None, None, None, "skipped" if o.skipped else "failed", swap,
             error=o.error)
         for item, o in zip(items, outcomes, strict=True))
-    return PairwiseResult(backend.model_id, pairwise_metrics(records, cfg), records,
-                          EvalUsage.of(ledger, time.monotonic() - started), cfg, swap,
-                          ledger.limited_by)
+    return PairwiseResult(session.backend.model_id, pairwise_metrics(records, cfg), records,
+                          session.usage(), cfg, session.ledger.limited_by, swap=swap)
 
 
 # ================================================================ closed loop (RealCritic)
@@ -1559,21 +1573,10 @@ def loop_metrics(records: Sequence[LoopRecord], config: CriticEvalConfig | None 
 
 
 @dataclass(frozen=True, slots=True)
-class LoopResult:
-    """A critic-then-refiner closed-loop evaluation: scores, records, consumption."""
+class LoopResult(FormResult[LoopMetrics, LoopRecord]):
+    """A critic-then-refiner closed-loop evaluation."""
 
-    model: str
-    metrics: LoopMetrics
-    records: tuple[LoopRecord, ...]
-    usage: EvalUsage
-    config: CriticEvalConfig
-    limited_by: str | None = None
-
-    def count(self, status: LoopStatus) -> int:
-        return sum(r.status == status for r in self.records)
-
-    def as_dict(self) -> dict[str, Any]:
-        return _result_dict(self, "realcritic")
+    FORM: ClassVar[str] = "realcritic"
 
 
 async def _graded(task: Task, text: str) -> bool:
@@ -1602,19 +1605,15 @@ async def evaluate_realcritic(
     cfg = config or CriticEvalConfig()
     if not items:
         raise UsageError("no RealCritic items to evaluate")
-    suite = realcritic_suite(items)
-    task_of = {t.prompt: t for t in suite}
-    backend = model if model is not None else build_model(cfg.model_string(), suite)
-    critic_cfg, refiner_cfg = cfg.role_config("critic"), cfg.refiner_config()
-    ledger = Ledger(limits=cfg.budget.limits())
-    limited: ChatModel = RetryModel(ConcurrencyLimitModel(backend, cfg.concurrency),
-                                    cfg.retry.policy(), seed=cfg.seed)
-    prompts = Prompts(cfg.prompts_dir)
-    critic = Critic(BudgetedModel(limited, ledger, default_max_tokens=critic_cfg.max_tokens),
-                    critic_cfg, prompts, _role_seed(cfg, "critic"))
-    refiner = Refiner(BudgetedModel(limited, ledger, default_max_tokens=refiner_cfg.max_tokens),
-                      refiner_cfg, prompts, _role_seed(cfg, "refiner"))
-    before_of = {it.id: await _graded(task_of[it.question], it.solution) for it in items}
+    session = _Session(cfg, realcritic_suite(items), model)
+    task_of = session.task_of
+    critic = session.role(Critic, "critic", cfg.role_config("critic"))
+    refiner = session.role(Refiner, "refiner", cfg.refiner_config())
+    try:
+        before_of = {it.id: await _graded(task_of[it.question], it.solution) for it in items}
+    except BaseException:
+        await session.aclose()
+        raise
 
     async def one(item: RealCriticItem) -> LoopRecord:
         task = task_of[item.question]
@@ -1635,16 +1634,11 @@ async def evaluate_realcritic(
         text = resp.texts[0]
         return replace(record, revised=True, revision=text, after=await _graded(task, text))
 
-    started = time.monotonic()
-    try:
-        outcomes = await ask_in_seeded_order(items, one, cfg, progress)
-    finally:
-        if model is None:
-            await backend.aclose()
+    outcomes = await session.ask(items, one, progress)
     records = tuple(
         o.value if o.value is not None else LoopRecord(
             item.id, item.generator, before_of[item.id], before_of[item.id], None, False,
             "skipped" if o.skipped else "failed", error=o.error)
         for item, o in zip(items, outcomes, strict=True))
-    return LoopResult(backend.model_id, loop_metrics(records, cfg), records,
-                      EvalUsage.of(ledger, time.monotonic() - started), cfg, ledger.limited_by)
+    return LoopResult(session.backend.model_id, loop_metrics(records, cfg), records,
+                      session.usage(), cfg, session.ledger.limited_by)
