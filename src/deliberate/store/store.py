@@ -39,6 +39,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
+    Select,
     create_engine,
     event,
     func,
@@ -237,6 +238,17 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 def _row(record: Any) -> dict[str, Any]:
     """A record's fields as a row to queue, snapshotted (see :func:`_json_copy`)."""
     return {f.name: _json_copy(getattr(record, f.name)) for f in dataclasses.fields(record)}
+
+
+def _tree_queries(run_id: str, task_id: str) -> tuple[Select[Any], Select[Any]]:
+    """A task's nodes and its judgements, each in creation order."""
+    n, j = schema.nodes, schema.judgements
+    return (
+        select(n).where(n.c.run_id == run_id, n.c.task_id == task_id)
+        .order_by(n.c.created_at, n.c.id),
+        select(j).where(j.c.run_id == run_id, j.c.task_id == task_id)
+        .order_by(j.c.created_at, j.c.id),
+    )
 
 
 @dataclass(frozen=True)
@@ -475,17 +487,7 @@ class Store:
         self, run_id: str, task_id: str
     ) -> tuple[list[NodeRecord], list[JudgementRecord]]:
         """A task attempt's nodes and judgements, each in creation order."""
-        n, j = schema.nodes, schema.judgements
-        nodes_q = (
-            select(n)
-            .where(n.c.run_id == run_id, n.c.task_id == task_id)
-            .order_by(n.c.created_at, n.c.id)
-        )
-        judgements_q = (
-            select(j)
-            .where(j.c.run_id == run_id, j.c.task_id == task_id)
-            .order_by(j.c.created_at, j.c.id)
-        )
+        nodes_q, judgements_q = _tree_queries(run_id, task_id)
 
         def read(c: Connection) -> tuple[list[NodeRecord], list[JudgementRecord]]:
             return (
@@ -521,17 +523,8 @@ class Store:
     ) -> tuple[list[NodeRecord], list[JudgementRecord], dict[str, ModelCallRecord]]:
         """A task attempt's nodes and judgements (creation order) and its model calls by
         call id, in one read (what an export needs of one task)."""
-        n, j, m = schema.nodes, schema.judgements, schema.model_calls
-        nodes_q = (
-            select(n)
-            .where(n.c.run_id == run_id, n.c.task_id == task_id)
-            .order_by(n.c.created_at, n.c.id)
-        )
-        judgements_q = (
-            select(j)
-            .where(j.c.run_id == run_id, j.c.task_id == task_id)
-            .order_by(j.c.created_at, j.c.id)
-        )
+        nodes_q, judgements_q = _tree_queries(run_id, task_id)
+        m = schema.model_calls
         calls_q = select(m).where(m.c.run_id == run_id, m.c.task_id == task_id)
 
         def read(
