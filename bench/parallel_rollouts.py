@@ -221,7 +221,9 @@ class DraftTags(ModelWrapper):
         resp = await self.inner.complete(request)
         if request.tags.get("role") not in CANDIDATE_ROLES:
             return resp
-        prefix = request.prefix_key(self.model_id)
+        # The request alone, not the model id: that holds the server's URL, whose port
+        # changes every run, and tags (so every later request) would change with it.
+        prefix = request.prefix_key("draft")
         resp.completions = [
             dataclasses.replace(c, text=f"Draft {draft_tag(prefix, c.sample_index)}.\n{c.text}")
             for c in resp.completions
