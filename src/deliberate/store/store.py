@@ -18,7 +18,9 @@ batch, in a worker thread:
 - reads first wait for writes already queued, so a read sees the caller's writes.
 
 Runs are created and updated directly (awaited, own transaction): they are rare,
-and the queued records refer to them. Create a run before writing into it.
+and the queued records refer to them. Create a run before writing into it. Those
+direct writes also wait for what is queued first, so a run's status never gets
+ahead of its rows.
 """
 
 from __future__ import annotations
