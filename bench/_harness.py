@@ -109,11 +109,10 @@ class LatencyServer:
 def process_cpu_s(pid: int) -> float | None:
     """CPU seconds (user + system) a process has used, from /proc; None off Linux."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s() -> float:
@@ -190,16 +189,19 @@ def machine() -> dict[str, Any]:
 
     commit = _git_head(REPO)
     source = Path(deliberate.__file__).resolve().parent
-    try:
-        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
     return {"cpu_count": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "deliberate": deliberate.__version__,
-            "commit": commit, "load_average": load, "argv": sys.argv[1:],
+            "commit": commit, "load_average": load_average(), "argv": sys.argv[1:],
             # the engine measured: normally this checkout, but a before-figure runs the
             # benchmark of this checkout on an older source tree (bench/README.md)
             "deliberate_source": str(source), "deliberate_commit": _git_head(source)}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _git_head(where: Path) -> str | None:

@@ -76,7 +76,7 @@ over an aiohttp transport instead of httpx's own (how much of the client's CPU
 per call is httpx's connection pool, which scans every connection, with a
 ``poll()`` each, whenever it places a request).
 
-Run ``python bench/parallel_rollouts.py`` (full; writes
+Run ``python -m bench.parallel_rollouts`` (full; writes
 ``bench/results/parallel_rollouts.json``) or ``--quick`` (small, for the test;
 writes only where ``--out`` says). ``--help`` lists the knobs.
 """
@@ -90,10 +90,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -107,7 +104,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-import deliberate
+from bench._harness import RESULTS, load_average, machine, process_cpu_s
 from deliberate import RunConfig, Store, arun
 from deliberate.models.base import ChatModel, ChatRequest, ChatResponse, ModelWrapper
 from deliberate.models.openai_backend import OpenAIChatModel
@@ -117,8 +114,7 @@ from deliberate.models.sim.server import ServerConfig, SimServer
 from deliberate.tasks import load_suite
 from deliberate.tree import ModelCallRecord, NodeRecord
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "results" / "parallel_rollouts.json"
+DEFAULT_OUT = RESULTS / "parallel_rollouts.json"
 SUITE = "arithmetic"
 CANDIDATE_ROLES = frozenset({"generator", "refiner"})
 Transport = Literal["httpx", "aiohttp", "in_process"]
@@ -201,12 +197,7 @@ class ServerProcess:
 
     def cpu_s(self) -> float | None:
         """CPU seconds the server process has used (Linux), else None."""
-        try:
-            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self._proc.pid is None else process_cpu_s(self._proc.pid)
 
 
 # ------------------------------------------------------------------ the model
@@ -497,25 +488,6 @@ async def measure(bc: BenchConfig, p: int, server: ServerProcess, store_path: Pa
 # ------------------------------------------------------------------ the benchmark
 
 
-def machine() -> dict[str, Any]:
-    try:
-        commit: str | None = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-            check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "deliberate": deliberate.__version__,
-            "commit": commit, "httpx": httpx.__version__, "load_average": load_average()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def median_run(runs: list[Measure]) -> Measure:
     return sorted(runs, key=lambda m: m.wall_s)[len(runs) // 2]
 
@@ -572,7 +544,7 @@ async def bench(bc: BenchConfig, console: Console) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "parallel_rollouts",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(),
+        "machine": {**machine(), "httpx": httpx.__version__},
         "server": {**server_cfg.model_dump(mode="json"), "nagle_off": True},
         "suite": SUITE,
         "tasks": bc.tasks,

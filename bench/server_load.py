@@ -37,7 +37,7 @@ without queueing), the baseline and the server alternately, ``--repeats`` times,
 after an unmeasured warm-up of each. Errors of either kind are counted; the run
 fails (exit 1) if any request errs.
 
-``python bench/server_load.py`` writes ``bench/results/server_load.json``;
+``python -m bench.server_load`` writes ``bench/results/server_load.json``;
 ``--quick`` (levels 1 and 8, a few requests, 20 ms) is what the test runs.
 """
 
@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -63,7 +62,7 @@ from typing import Any
 import httpx
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
-import deliberate
+from bench._harness import RESULTS, limited, machine, process_cpu_s
 from deliberate.config import RunConfig
 from deliberate.engine.runner import arun, new_run_id
 from deliberate.evals.stats import paired_difference
@@ -75,8 +74,7 @@ from deliberate.store import Store
 from deliberate.strategies.base import Strategy, available_strategies
 from deliberate.tasks import Suite, Task, load_suite
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "results" / "server_load.json"
+DEFAULT_OUT = RESULTS / "server_load.json"
 
 UPSTREAM = r"""
 import json, sys
@@ -115,17 +113,8 @@ class Sample:
             self.cpu_s[name] = self.cpu_s.get(name, 0.0) + seconds
 
 
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def cpu_now(pids: dict[str, int]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+    out: dict[str, float | None] = {name: process_cpu_s(pid) for name, pid in pids.items()}
     out["bench"] = time.process_time()
     return out
 
@@ -218,33 +207,7 @@ def make(cls: type[Strategy], params: dict[str, Any]) -> Strategy:
     return cls(cls.Config.model_validate(params))
 
 
-async def limited(jobs: list[Any], c: int) -> None:
-    sem = asyncio.Semaphore(c)
-
-    async def one(job: Any) -> None:
-        async with sem:
-            await job
-
-    await asyncio.gather(*(one(j) for j in jobs))
-
-
 # ------------------------------------------------------------------ the benchmark
-
-
-def machine() -> dict[str, Any]:
-    try:
-        commit: str | None = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-            check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    try:
-        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "deliberate": deliberate.__version__,
-            "commit": commit, "load_average": load}
 
 
 async def measure(bs: Settings, upstream_url: str, server_url: str, store_path: Path,

@@ -1,37 +1,23 @@
-"""bench/parallel_rollouts.py: its wave counts, and a --quick run's JSON.
+"""bench.parallel_rollouts: its wave counts, and a --quick run's JSON.
 
 Speed is the benchmark's business: nothing here asserts on wall-clock time.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from bench import parallel_rollouts as bench
 
 from deliberate.tree import NodeRecord
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "bench" / "parallel_rollouts.py"
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_parallel_rollouts", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = load_bench()
 
 
 def chain(n: int) -> dict[str, str | None]:
@@ -104,7 +90,7 @@ def test_draft_tags_are_letters_and_differ_by_request_and_sample() -> None:
 
 def test_quick_run_writes_consistent_figures(tmp_path: Path) -> None:
     out = tmp_path / "parallel.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench.parallel_rollouts", "--quick", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wall(P)/wall(1)" in proc.stdout  # the table was printed

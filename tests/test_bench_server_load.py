@@ -1,4 +1,4 @@
-"""bench/server_load.py: a --quick run completes without errors and writes what it documents.
+"""bench.server_load: a --quick run completes without errors and writes what it documents.
 
 Speed is the benchmark's business: nothing here asserts on wall-clock time.
 """
@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "bench" / "server_load.py"
 
 
 def test_quick_run_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench.server_load", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
