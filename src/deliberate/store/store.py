@@ -255,8 +255,9 @@ def _tree_queries(run_id: str, task_id: str) -> tuple[Select[Any], Select[Any]]:
 
 @dataclass(frozen=True)
 class NodeView:
-    """What :meth:`Store.load_node` reads: a node, its parent, its judgements (creation
-    order), and by id the calls that made it, were made for it or its judgements cite."""
+    """What :meth:`Store.load_node` reads: a node, its parent, its judgements, and by id
+    the calls that made it, were made for it or its judgements cite (each in creation
+    order)."""
 
     node: NodeRecord
     parent: NodeRecord | None
@@ -632,6 +633,12 @@ class Store:
         self._queue.put_nowait(write)
         self._pending += 1
 
+    async def _after_queued(self) -> None:
+        """Wait for the writes queued so far, if any: reads must see them, and a direct
+        write must not overtake them."""
+        if self._pending and self._accepting:
+            await self._barrier()
+
     async def _barrier(self) -> None:
         """Wait until the writer has handled everything queued before this call."""
         assert self._queue is not None
@@ -651,8 +658,7 @@ class Store:
         """Run ``fn`` on a connection in a worker thread, after queued writes."""
         if self._closed:
             raise StoreError(f"store {self._where} is closed")
-        if self._pending and self._accepting:
-            await self._barrier()
+        await self._after_queued()
 
         def run() -> _R:
             try:
@@ -671,8 +677,7 @@ class Store:
         """
         if self._closed:
             raise StoreError(f"store {self._where} is closed")
-        if self._pending and self._accepting:
-            await self._barrier()
+        await self._after_queued()
 
         def run() -> None:
             try:
